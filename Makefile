@@ -1,0 +1,31 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-slow bench clean-venv
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# Trains a small Longformer on generated ListOps on the CPU and prints test accuracy.
+run: $(STAMP)
+	$(PY) -m experiments.train --config=configs/listops.py:attention=longformer,size=small --workdir=runs/listops_small_longformer
+
+# The test suite without the tests marked `slow` (under 15 minutes on 2 CPU cores).
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m slow tests
+
+bench: $(STAMP)
+	$(PY) -m experiments.bench_attention --out=results/bench_attention
+
+clean-venv:
+	rm -rf $(VENV)
