@@ -1,0 +1,224 @@
+r"""Times HuggingFace's Longformer attention core, forward + backward, on the CPU.
+
+What is measured: `LongformerSelfAttention` from
+`transformers.models.longformer.modeling_longformer`, with its six projections
+(`query`, `key`, `value`, `query_global`, `key_global`, `value_global`)
+replaced by identities, so only the attention core is timed: the banded
+query-key product, the padding mask, the softmax and the banded
+probabilities-value product, plus their backward. The setup, chosen to compare
+with the project's JAX attention on the same machine: batch 1, 8 heads of 64
+(hidden 512), one-sided window 256, no global tokens, float32, dropout 0. The
+input hidden states require grad, the loss is `output.sum()`, and one timed
+step is the forward and `loss.backward()` together.
+
+HF's `attention_window` is the TOTAL window, twice the one-sided one (the layer
+halves it), so a one-sided window of 256 is `attention_window=512`. The layer
+asserts that the sequence length is a multiple of `attention_window`
+(`LongformerModel` pads to it before calling its layers; the bare layer does
+not), so every length given here must be a multiple of 2 * `--window` (512 with
+the defaults).
+
+Each length runs in a fresh subprocess (the script re-invokes itself with one
+length), so the peak RSS of one length does not carry into the next. Peak RSS is
+the child's `ru_maxrss`, which includes the interpreter, torch and
+transformers; `base_rss_gb` is the child's RSS after imports and input setup,
+before the first step, so `peak_rss_gb - base_rss_gb` is roughly what the
+attention itself needed. GB here is 10**9 bytes.
+
+This script is never a dependency of the project: torch and transformers are
+not in `requirements.txt` or `pyproject.toml`, nothing in the project imports
+this file, and it imports neither jax nor `lra`. Install them in a scratch
+virtual environment outside the repository:
+
+  python3 -m venv /tmp/hfvenv && \
+    /tmp/hfvenv/bin/pip install torch==2.13.0 transformers==5.24.0 psutil
+
+and run it from the repository root:
+
+  /tmp/hfvenv/bin/python experiments/bench_hf_longformer.py \
+    --lengths=1024,4096 --repeats=3 --out=results/hf_longformer.json
+
+It prints the median seconds per step for each length and, with `--out`, writes
+a JSON list of {"length", "median_s", "times_s", "peak_rss_gb", "base_rss_gb"}.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import psutil
+import torch
+import transformers
+from transformers.models.longformer import modeling_longformer
+
+_PROJECTIONS = ("query", "key", "value", "query_global", "key_global", "value_global")
+
+
+class _FreshIdentity(torch.nn.Identity):
+  """An identity that returns a new tensor instead of its input.
+
+  HF scales the query in place (`query_vectors /= sqrt(head_dim)`). With a plain
+  `Identity` the query is a view of the input, a leaf that requires grad, and
+  autograd refuses the in-place op; on a non-leaf input it would also scale the
+  key and the value, which alias the same storage. A real `nn.Linear` returns a
+  fresh tensor, so a copy keeps HF's semantics; it costs one copy of the input
+  (8 MB at length 4096), small next to the attention itself.
+  """
+
+  def forward(self, x):
+    return x.clone()
+
+
+def _default_threads():
+  # The cores this process may run on, which is what torch can actually use;
+  # os.cpu_count() would count cores outside a restricted affinity mask.
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def _parse_lengths(text):
+  return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _build_layer(args):
+  """Returns HF's self-attention layer with identity projections, in eval mode."""
+  config = transformers.LongformerConfig(
+      hidden_size=args.heads * args.head_dim,
+      num_attention_heads=args.heads,
+      # HF's window is the total width; the layer halves it to the one-sided one.
+      attention_window=[2 * args.window],
+      attention_probs_dropout_prob=0.0,
+  )
+  layer = modeling_longformer.LongformerSelfAttention(config, layer_id=0)
+  for name in _PROJECTIONS:
+    setattr(layer, name, torch.nn.Identity())
+  # Only the query is modified in place by HF; see _FreshIdentity.
+  layer.query = _FreshIdentity()
+  # eval() turns dropout off outright; autograd still runs, since only
+  # torch.no_grad() would stop it.
+  layer.eval()
+  return layer
+
+
+def _measure_one_length(args, length):
+  """Times one length in this process and returns its result record."""
+  torch.manual_seed(0)
+  layer = _build_layer(args)
+  hidden = args.heads * args.head_dim
+  x = torch.randn(1, length, hidden, dtype=torch.float32, requires_grad=True)
+  # LongformerModel hands its layers a 2-D float mask of -10000-like (masked),
+  # 0 (local) or +large (global) values, and derives the three other arguments
+  # from it once per forward (LongformerEncoder.forward). All zeros = every
+  # token attends locally, none is padding, none is global.
+  attention_mask = torch.zeros(1, length, dtype=torch.float32)
+  is_index_masked = attention_mask < 0
+  is_index_global_attn = attention_mask > 0
+  # A Python bool, as HF computes it with .item(); False skips the global paths.
+  is_global_attn = bool(is_index_global_attn.flatten().any().item())
+  base_rss_gb = psutil.Process().memory_info().rss / 1e9
+
+  def step():
+    x.grad = None
+    out = layer(
+        x,
+        attention_mask=attention_mask,
+        is_index_masked=is_index_masked,
+        is_index_global_attn=is_index_global_attn,
+        is_global_attn=is_global_attn,
+    )[0]
+    out.sum().backward()
+
+  for _ in range(args.warmup):
+    step()
+  times = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  # ru_maxrss is in KB on Linux (bytes on macOS).
+  peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  peak_bytes = peak_kb if sys.platform == "darwin" else peak_kb * 1024
+  return {
+      "length": length,
+      "median_s": statistics.median(times),
+      "times_s": times,
+      "peak_rss_gb": peak_bytes / 1e9,
+      "base_rss_gb": base_rss_gb,
+  }
+
+
+def _run_child(args, length):
+  """Re-invokes this script on one length and returns its record."""
+  command = [
+      sys.executable, os.path.abspath(__file__), "--child",
+      f"--lengths={length}", f"--repeats={args.repeats}",
+      f"--warmup={args.warmup}", f"--threads={args.threads}",
+      f"--heads={args.heads}", f"--head_dim={args.head_dim}",
+      f"--window={args.window}",
+  ]
+  # stderr passes through so a crash in the child shows its traceback.
+  completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+  if completed.returncode != 0:
+    print(f"length {length}: child exited with {completed.returncode}", file=sys.stderr)
+    return None
+  # The record is the child's last stdout line; anything before it is chatter
+  # from libraries.
+  return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--lengths", type=_parse_lengths, default=[1024, 2048, 4096],
+                      help="Comma-separated sequence lengths, multiples of 2 * window.")
+  parser.add_argument("--repeats", type=int, default=5, help="Timed steps per length.")
+  parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per length first.")
+  parser.add_argument("--threads", type=int, default=_default_threads(),
+                      help="torch.set_num_threads; defaults to the usable cores.")
+  parser.add_argument("--heads", type=int, default=8)
+  parser.add_argument("--head_dim", type=int, default=64)
+  parser.add_argument("--window", type=int, default=256, help="One-sided window.")
+  parser.add_argument("--out", default=None, help="Write the JSON list of results here.")
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+
+  for length in args.lengths:
+    if length <= 0 or length % (2 * args.window):
+      parser.error(f"length {length} is not a positive multiple of 2 * window = "
+                   f"{2 * args.window}, which HF's layer asserts")
+  if args.repeats < 1:
+    parser.error("--repeats must be at least 1")
+
+  if args.child:
+    torch.set_num_threads(args.threads)
+    print(json.dumps(_measure_one_length(args, args.lengths[0])))
+    return
+
+  print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{args.threads} threads, {args.heads}x{args.head_dim} heads, "
+        f"one-sided window {args.window}, {args.warmup} warmup + {args.repeats} repeats")
+  results = []
+  for length in args.lengths:
+    record = _run_child(args, length)
+    if record is None:
+      continue
+    results.append(record)
+    print(f"length {length:>6}: median {record['median_s']:.4f} s, "
+          f"peak RSS {record['peak_rss_gb']:.2f} GB (base {record['base_rss_gb']:.2f} GB)",
+          flush=True)
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=2)
+  if len(results) != len(args.lengths):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main()

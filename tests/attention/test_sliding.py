@@ -1,0 +1,191 @@
+"""Sliding-window attention against the dense oracle: outputs, gradients, masks, memory."""
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from lra import errors
+from lra.attention import reference
+from lra.attention import sliding
+from tests.attention import cases
+
+# (length, window, dilation, causal, block_size); 4 heads.
+CASES = [
+    (1, 1, 1, False, None),
+    (1, 3, 2, True, None),
+    (7, 1, 1, False, None),
+    (13, 2, 1, True, None),
+    (13, 40, 1, False, None),  # window wider than the sequence
+    (37, 5, 1, False, 4),
+    (37, 5, (1, 2, 3, 4), False, 4),
+    (37, 3, (1, 1, 2, 2), True, 8),
+    (61, 4, 3, False, None),
+    (64, 8, 1, False, 16),  # exact multiple of the block
+    (64, 16, 2, True, 16),
+    (32, 7, 4, False, 8),
+]
+
+
+def _dense(q, k, v, *, window, dilation, causal, padding_mask):
+  mask = reference.pattern_mask(q.shape[1], window=window, dilation=dilation, causal=causal,
+                                num_heads=q.shape[2], padding_mask=padding_mask)
+  return reference.dense_attention(q, k, v, mask=mask)
+
+
+class SlidingVsDenseTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*CASES)
+  def test_matches_dense_float32(self, length, window, dilation, causal, block_size):
+    self._check(length, window, dilation, causal, block_size, jnp.float32, cases.F32_TOL)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(CASES[5], CASES[7], CASES[10])
+  def test_matches_dense_bfloat16(self, length, window, dilation, causal, block_size):
+    self._check(length, window, dilation, causal, block_size, jnp.bfloat16, cases.BF16_TOL)
+
+  def _check(self, length, window, dilation, causal, block_size, dtype, tol):
+    q, k, v = cases.random_qkv(length, 3, length, 4, 8, dtype)
+    padding_mask = cases.padding(length, 3, length, empty_row=True)
+    options = dict(window=window, dilation=dilation, causal=causal, padding_mask=padding_mask)
+    fast = self.variant(functools.partial(sliding.sliding_window_attention,
+                                          block_size=block_size, **options))
+    dense = functools.partial(_dense, **options)
+    out, grads = cases.grads(fast, (q, k, v))
+    expected_out, expected_grads = cases.grads(
+        dense, [x.astype(jnp.float32) for x in (q, k, v)])
+    self.assertEqual(out.dtype, dtype)
+    chex.assert_tree_all_finite((out, grads))
+    chex.assert_trees_all_close(out.astype(jnp.float32), expected_out, **tol)
+    chex.assert_trees_all_close(
+        [g.astype(jnp.float32) for g in grads], list(expected_grads), **tol)
+
+
+class MaskThroughGradientTest(chex.TestCase):
+
+  @parameterized.parameters((1,), (2,), ((1, 3),))
+  def test_future_and_padded_keys_have_zero_gradient(self, dilation):
+    length, query = 29, 11
+    q, k, v = cases.random_qkv(0, 1, length, 2, 4)
+    padding_mask = jnp.arange(length)[None] < 20
+
+    def output_at_query(k, v):
+      out = sliding.sliding_window_attention(q, k, v, window=4, dilation=dilation,
+                                             causal=True, padding_mask=padding_mask,
+                                             block_size=4)
+      return jnp.sum(out[:, query])
+
+    grad_k, grad_v = jax.grad(output_at_query, argnums=(0, 1))(k, v)
+    for grad in (grad_k, grad_v):
+      np.testing.assert_array_equal(grad[:, query + 1:], 0.0)  # the future
+      self.assertGreater(float(jnp.abs(grad[:, query]).sum()), 0.0)
+    np.testing.assert_array_equal(
+        jax.grad(lambda k: jnp.sum(sliding.sliding_window_attention(
+            q, k, v, window=30, padding_mask=padding_mask)))(k)[:, 20:], 0.0)
+
+  def test_padded_queries_output_zero_and_no_nan(self):
+    q, k, v = cases.random_qkv(1, 2, 17, 2, 4)
+    padding_mask = jnp.zeros((2, 17), bool).at[0, :5].set(True)
+    out, grads = cases.grads(
+        lambda q, k, v: sliding.sliding_window_attention(q, k, v, window=3,
+                                                         padding_mask=padding_mask),
+        (q, k, v))
+    chex.assert_tree_all_finite((out, grads))
+    np.testing.assert_array_equal(out[0, 5:], 0.0)
+    np.testing.assert_array_equal(out[1], 0.0)
+    for grad in grads:
+      np.testing.assert_array_equal(grad[1], 0.0)
+
+
+class DropoutTest(chex.TestCase):
+
+  def test_custom_backward_matches_autodiff_of_the_forward(self):
+    """With dropout, the recomputing backward equals plain autodiff of the same forward."""
+    q, k, v = cases.random_qkv(2, 2, 23, 2, 4)
+    padding_mask = cases.padding(2, 2, 23)
+    plan = sliding.plan_band(23, 3, False, 4, rows=4, dropout_rate=0.3)
+    flat = [jnp.swapaxes(x, 1, 2).reshape(4, 23, 4) for x in (q, k, v)]
+    flat = [sliding._pad_axis1(x, plan.length) for x in flat]
+    mask = sliding._pad_axis1(jnp.repeat(padding_mask, 2, axis=0), plan.length, False)
+    rng = jax.random.key(0)
+    fast = lambda q, k, v: sliding.banded_attention(plan, q, k, v, mask, mask, rng)[0]
+    plain = lambda q, k, v: sliding._banded_forward(plan, q, k, v, mask, mask, rng)[0]
+    out, grads = cases.grads(fast, flat)
+    expected_out, expected_grads = cases.grads(plain, flat)
+    chex.assert_trees_all_close(out, expected_out, **cases.F32_TOL)
+    chex.assert_trees_all_close(grads, expected_grads, **cases.F32_TOL)
+    no_dropout = sliding.banded_attention(dataclasses.replace(plan, dropout_rate=0.0),
+                                          *flat, mask, mask, None)[0]
+    self.assertFalse(np.allclose(out, no_dropout))
+
+  def test_dropout_is_unbiased(self):
+    q, k, v = cases.random_qkv(3, 1, 16, 1, 4)
+    exact = sliding.sliding_window_attention(q, k, v, window=3)
+    draws = jax.vmap(lambda key: sliding.sliding_window_attention(
+        q, k, v, window=3, dropout_rate=0.5, dropout_rng=key))(
+            jax.random.split(jax.random.key(1), 2000))
+    np.testing.assert_allclose(draws.mean(0), exact, atol=0.1)
+
+
+class LinearMemoryTest(chex.TestCase):
+
+  @parameterized.parameters((1, False), ((1, 2), False), (1, True))
+  def test_no_length_squared_intermediate(self, dilation, causal):
+    length = 4096
+    q, k, v = [jax.ShapeDtypeStruct((1, length, 2, 8), jnp.float32)] * 3
+    loss = lambda q, k, v: jnp.sum(sliding.sliding_window_attention(
+        q, k, v, window=64, dilation=dilation, causal=causal))
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    largest = max(cases.all_intermediate_sizes(jaxpr))
+    self.assertLess(largest[0], length * length // 16, largest)
+
+  def test_one_trace_per_shape(self):
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def attend(q, k, v):
+      return sliding.sliding_window_attention(q, k, v, window=3)
+
+    chex.clear_trace_counter()
+    q, k, v = cases.random_qkv(4, 2, 19, 2, 4)
+    for scale in (1.0, 2.0, 3.0):
+      attend(q * scale, k, v)
+
+
+class BlockPlanTest(parameterized.TestCase):
+
+  @parameterized.parameters((256, 4096), (64, 4096), (32, 512), (3, 100), (500, 8192))
+  def test_auto_block_wastes_little(self, window, length):
+    plan = sliding.plan_band(length, window, False, None, rows=8)
+    needed = 2 * window + 1
+    self.assertLessEqual(plan.keys, max(1.3 * needed, 3 * 16))
+    self.assertEqual(plan.length % plan.block, 0)
+    self.assertGreaterEqual(plan.length, length)
+
+
+class ErrorTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      (dict(window=0), "window must be a positive int"),
+      (dict(window=-3), "window must be a positive int"),
+      (dict(window=2.5), "window must be a positive int"),
+      (dict(window=2, dilation=(1, 2)), "dilation has 2 entries but there are 4 heads"),
+      (dict(window=2, dilation=0), "dilation must be an int >= 1"),
+      (dict(window=2, block_size=0), "block_size must be a positive int"),
+      (dict(window=2, dropout_rate=0.1), "needs a dropout_rng"),
+  )
+  def test_bad_arguments(self, kwargs, message):
+    q, k, v = cases.random_qkv(5, 1, 9, 4, 4)
+    with pytest.raises(errors.ConfigError, match=message):
+      sliding.sliding_window_attention(q, k, v, **kwargs)
+
+  def test_mismatched_shapes(self):
+    q, k, v = cases.random_qkv(5, 1, 9, 4, 4)
+    with pytest.raises(errors.ConfigError, match="q, k, v must be"):
+      sliding.sliding_window_attention(q, k[:, :5], v, window=2)
