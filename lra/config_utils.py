@@ -1,0 +1,111 @@
+"""Helpers for `configs/<task>.py`: the `key=value` argument and the fields every task shares.
+
+A config file is launched as `--config=configs/listops.py:attention=longformer,size=small`;
+the string after the colon reaches `get_config(arg)`. Its keys and their defaults are
+declared by the config file, so a typo is an error, and values take the defaults' types.
+"""
+
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from lra import errors
+
+SIZES = ("paper", "small", "tiny")
+# Attention variants a config can name; `dilated` is `local` with per-head dilation.
+VARIANTS = ("full", "local", "dilated", "longformer")
+
+
+def _parse_value(key: str, text: str, default: Any) -> Any:
+  if isinstance(default, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise errors.ConfigError(f"config argument {key}={text!r} must be true or false")
+    return text.lower() in ("true", "1")
+  if isinstance(default, int) or default is None and text.isdigit():
+    try:
+      return int(text)
+    except ValueError:
+      raise errors.ConfigError(f"config argument {key}={text!r} must be an int") from None
+  if isinstance(default, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise errors.ConfigError(f"config argument {key}={text!r} must be a number") from None
+  if isinstance(default, tuple):  # ints separated by '/', e.g. dilation=1/1/2/2
+    try:
+      return tuple(int(part) for part in text.split("/"))
+    except ValueError:
+      raise errors.ConfigError(
+          f"config argument {key}={text!r} must be ints separated by '/'") from None
+  return text
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses `key=value,key=value` against `defaults` (which fix the allowed keys and types)."""
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise errors.ConfigError(f"config argument {item!r} must be key=value")
+    if key not in defaults:
+      raise errors.ConfigError(
+          f"unknown config argument {key!r}; known: {', '.join(sorted(defaults))}")
+    values[key] = _parse_value(key, text, defaults[key])
+  if "size" in values and values["size"] not in SIZES:
+    raise errors.ConfigError(f"size must be one of {SIZES}, got {values['size']!r}")
+  if "attention" in values and values["attention"] not in VARIANTS:
+    raise errors.ConfigError(
+        f"unknown attention {values['attention']!r}; choose one of: {', '.join(VARIANTS)}")
+  return ml_collections.ConfigDict(values)
+
+
+def attention_config(variant: str, *, window: int, num_heads: int,
+                     dilation: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
+  """The registry config of an attention variant.
+
+  `dilated` gives the first half of the heads dilation 1 and the rest dilation 2, unless
+  `dilation` names one per head.
+  """
+  if variant == "full":
+    return ml_collections.ConfigDict({"name": "full"})  # no window: a typo'd override fails
+  if variant == "dilated" and not dilation:
+    dilation = (1,) * (num_heads // 2) + (2,) * (num_heads - num_heads // 2)
+  attention = ml_collections.ConfigDict({
+      "name": "longformer" if variant == "longformer" else "local",
+      "window": window,  # one-sided window w: each query sees w keys on each side
+      "block_size": config_dict.placeholder(int),  # None: chosen from the window
+  })
+  # One int for every head, or one per head.
+  attention.dilation = tuple(dilation) if dilation else 1
+  return attention
+
+
+def base_config(task: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The fields every task config has; task files fill in the values."""
+  config = ml_collections.ConfigDict()
+  config.task = task  # which lra.data module loads the data
+  config.size = args.size  # paper | small | tiny: model and data scale
+  config.seed = 0  # seeds initialisation, data order, dropout and seeded splits
+  # The dataset folder as its archive unpacks; None generates (small/tiny) where possible.
+  config.data_path = config_dict.placeholder(str)
+  config.data_cache_dir = "data"  # generated datasets and preprocessed caches
+  config.num_train_steps = 0  # optimizer steps
+  config.eval_every_steps = 0  # evaluate on the whole validation split this often
+  config.checkpoint_every_steps = 0  # save train state + data iterator this often
+  config.log_every_steps = 0  # append to metrics.jsonl and print progress this often
+  config.batch_size = 0  # global batch, split over all devices
+  config.eval_batch_size = 0  # batch of the evaluation passes
+  config.data = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict()
+  config.optimizer = ml_collections.ConfigDict({
+      "learning_rate": 1e-3,  # peak learning rate
+      "schedule": "rsqrt",  # rsqrt: linear warmup then 1/sqrt decay | cosine | constant
+      "warmup_steps": 1000,  # linear warmup from 0 to the peak
+      "weight_decay": 0.1,  # AdamW decoupled decay of the weight matrices
+      "grad_clip": 1.0,  # clip the global gradient norm (0 disables)
+      "b1": 0.9,  # Adam beta1
+      "b2": 0.98,  # Adam beta2
+      "eps": 1e-9,  # Adam epsilon
+  })
+  return config

@@ -1,0 +1,27 @@
+"""Models by kind: every model exposes `metrics(batch, *, deterministic, rngs)`.
+
+`metrics` returns summed quantities (`loss`, `count`, and task metrics such as `correct`)
+so that they average exactly over devices and over a whole evaluation set; the trainer
+minimises `loss / count`.
+"""
+
+from flax import nnx
+
+from lra import errors
+from lra.data import TaskData
+from lra.models.classifier import Classifier
+from lra.models.classifier import DualEncoder
+
+MODELS = {
+    "classifier": Classifier,
+    "dual_encoder": DualEncoder,
+}
+
+
+def build(config, data: TaskData, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds the model named by `config.model.kind` for the task's vocabulary and classes."""
+  kind = config.model.kind
+  if kind not in MODELS:
+    raise errors.ConfigError(f"unknown model.kind {kind!r}; choose one of {sorted(MODELS)}")
+  return MODELS[kind](config, vocab_size=data.vocab_size, num_classes=data.num_classes,
+                      rngs=rngs)

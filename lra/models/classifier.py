@@ -1,0 +1,103 @@
+"""Sequence classifier and retrieval dual encoder on top of the shared encoder (NNX).
+
+A learned CLS vector is prepended to every sequence. Under `longformer` attention it is
+the one global token (so `max_global` is 1): it sees and is seen by every position.
+Heads follow LRA: pool -> Dense(mlp_dim) -> ReLU -> Dense(num_classes); the dual encoder
+pools each document and classifies `[e1, e2, e1 * e2, e1 - e2]`.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from lra import errors
+from lra.data import PAD_ID
+from lra.models.encoder import Encoder
+
+POOLINGS = ("cls", "mean")
+
+
+def classification_metrics(logits_BxC, targets_B, weights_B):
+  """Summed cross-entropy and correct predictions, and the example count (for averaging)."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits_BxC.astype(jnp.float32),
+                                                           targets_B)
+  correct = (jnp.argmax(logits_BxC, axis=-1) == targets_B).astype(jnp.float32)
+  return {"loss": jnp.sum(losses * weights_B), "correct": jnp.sum(correct * weights_B),
+          "count": jnp.sum(weights_B)}
+
+
+class PooledEncoder(nnx.Module):
+  """Tokens `[batch, length]` -> one vector per sequence `[batch, emb]`."""
+
+  def __init__(self, config, *, vocab_size: int, rngs: nnx.Rngs):
+    model = config.model
+    if model.pooling not in POOLINGS:
+      raise errors.ConfigError(f"model.pooling must be one of {POOLINGS}, got {model.pooling!r}")
+    attention = dict(config.attention)
+    self.uses_global = attention["name"] == "longformer"
+    if self.uses_global:
+      attention["max_global"] = 1  # the CLS token
+    self.encoder = Encoder(model, attention, vocab_size=vocab_size,
+                           max_length=config.data.max_length + 1, rngs=rngs)
+    self.cls = nnx.Param(jnp.zeros((model.emb_dim,)))
+    self.pooling = model.pooling
+
+  def __call__(self, tokens_BxL, *, deterministic: bool, rngs):
+    batch = tokens_BxL.shape[0]
+    real = jnp.concatenate([jnp.ones((batch, 1), bool), tokens_BxL != PAD_ID], axis=1)
+    x = self.encoder.embed_tokens(tokens_BxL)
+    cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (batch, 1, x.shape[-1]))
+    x = jnp.concatenate([cls, x], axis=1)
+    global_mask = None
+    if self.uses_global:
+      global_mask = jnp.zeros(real.shape, bool).at[:, 0].set(True)
+    h = self.encoder(x, padding_mask=real, global_mask=global_mask,
+                     deterministic=deterministic, rngs=rngs)
+    if self.pooling == "cls":
+      return h[:, 0]
+    weights = real[..., None].astype(h.dtype)
+    return jnp.sum(h * weights, axis=1) / jnp.sum(weights, axis=1)
+
+
+class Head(nnx.Module):
+  """Dense(hidden) -> ReLU -> Dense(num_classes), in float32."""
+
+  def __init__(self, features: int, hidden: int, num_classes: int, rngs: nnx.Rngs):
+    self.hidden = nnx.Linear(features, hidden, rngs=rngs)
+    self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(jax.nn.relu(self.hidden(x.astype(jnp.float32))))
+
+
+class Classifier(nnx.Module):
+  """Encoder + pooling + LRA classification head; batches hold `inputs`, `targets`."""
+
+  def __init__(self, config, *, vocab_size: int, num_classes: int, rngs: nnx.Rngs):
+    self.encode = PooledEncoder(config, vocab_size=vocab_size, rngs=rngs)
+    self.head = Head(config.model.emb_dim, config.model.mlp_dim, num_classes, rngs)
+
+  def __call__(self, batch, *, deterministic: bool = True, rngs=None):
+    return self.head(self.encode(batch["inputs"], deterministic=deterministic, rngs=rngs))
+
+  def metrics(self, batch, *, deterministic: bool = True, rngs=None):
+    logits = self(batch, deterministic=deterministic, rngs=rngs)
+    return classification_metrics(logits, batch["targets"], batch["weights"])
+
+
+class DualEncoder(nnx.Module):
+  """Shared encoder over two documents, `[e1, e2, e1 * e2, e1 - e2]` head (retrieval)."""
+
+  def __init__(self, config, *, vocab_size: int, num_classes: int, rngs: nnx.Rngs):
+    self.encode = PooledEncoder(config, vocab_size=vocab_size, rngs=rngs)
+    self.head = Head(4 * config.model.emb_dim, config.model.mlp_dim, num_classes, rngs)
+
+  def __call__(self, batch, *, deterministic: bool = True, rngs=None):
+    e1 = self.encode(batch["inputs1"], deterministic=deterministic, rngs=rngs)
+    e2 = self.encode(batch["inputs2"], deterministic=deterministic, rngs=rngs)
+    return self.head(jnp.concatenate([e1, e2, e1 * e2, e1 - e2], axis=-1))
+
+  def metrics(self, batch, *, deterministic: bool = True, rngs=None):
+    logits = self(batch, deterministic=deterministic, rngs=rngs)
+    return classification_metrics(logits, batch["targets"], batch["weights"])
