@@ -6,13 +6,11 @@ r"""Trains one task from a config file.
 Relaunching with the same --workdir resumes from its last checkpoint.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from lra import errors
+from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config file (configs/*.py).",
                                           lock_config=True)
@@ -24,10 +22,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from lra import train  # after flag parsing: importing JAX is slow
-  try:
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except errors.UserError as e:
-    sys.exit(f"error: {e}")
+  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   for key in ("test_accuracy", "test_bpc"):
     if results.get(key) is not None:
       baseline = results.get("majority_class_rate")
@@ -37,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

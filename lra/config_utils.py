@@ -5,6 +5,8 @@ the string after the colon reaches `get_config(arg)`. Its keys and their default
 declared by the config file, so a typo is an error, and values take the defaults' types.
 """
 
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
@@ -108,4 +110,18 @@ def base_config(task: str, args: ml_collections.ConfigDict) -> ml_collections.Co
       "b2": 0.98,  # Adam beta2
       "eps": 1e-9,  # Adam epsilon
   })
+  return config
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` as `--config=` would (for tests and sweeps)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise errors.ConfigError(f"config file {path} not found")
+  module_spec = importlib.util.spec_from_file_location(
+      f"config_{os.path.basename(path)[:-3]}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  config.lock()
   return config

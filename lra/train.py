@@ -10,13 +10,13 @@ keys and metrics after it are those of an uninterrupted run. The test score is t
 best validation checkpoint, never of the last step.
 """
 
+import dataclasses
 import json
 import math
 import os
 import resource
-import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -207,16 +207,19 @@ def _format_duration(seconds: float) -> str:
       f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if possible); returns the results dict."""
-  _check_config(config)
-  run = _Workdir(workdir, config)
-  data = lra_data.load(config)
-  _write_json(run.file("vocab.json"), data.vocab)
+@dataclasses.dataclass
+class Steps:
+  """The initial train state and the jitted steps of one config on one device mesh."""
 
-  # Auto axes: XLA propagates the batch sharding through the model (data parallel).
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  state: dict[str, Any]  # {"step", "params", "opt_state"}, replicated over the mesh
+  train_step: Callable  # (state, batch) -> (state, summed metrics); donates the state
+  eval_step: Callable  # (params, batch) -> summed metrics
+  schedule: Callable  # step -> learning rate
+  num_params: int
+
+
+def build_steps(config, data: lra_data.TaskData, mesh) -> Steps:
+  """Initialises the model and optimizer and jits the steps, data parallel over `mesh`."""
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
@@ -236,6 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return model.metrics(batch, deterministic=deterministic, rngs=rngs)
 
   def train_step(state, batch):
+    # One dropout key per step, so a resumed run draws the same masks.
     rng = jax.random.fold_in(dropout_key, state["step"])
 
     def loss_fn(params):
@@ -253,6 +257,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        out_shardings=(replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(lambda params, batch: metrics_fn(params, batch, True, None),
                       in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+  return Steps(state, train_step, eval_step, schedule, num_params)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if possible); returns the results dict."""
+  _check_config(config)
+  run = _Workdir(workdir, config)
+  data = lra_data.load(config)
+  _write_json(run.file("vocab.json"), data.vocab)
+
+  # Auto axes: XLA propagates the batch sharding through the model (data parallel).
+  # Auto axes: XLA propagates the batch sharding through the model (data parallel).
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  batch_sharding = NamedSharding(mesh, P("data"))
+  steps = build_steps(config, data, mesh)
+  state, train_step, eval_step, schedule = (steps.state, steps.train_step, steps.eval_step,
+                                            steps.schedule)
 
   def evaluate(params, split: str) -> dict[str, float]:
     total = None
@@ -273,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_step = int(state["step"])
   run.truncate_metrics(start_step)
 
-  print(f"Training {config.task} ({config.attention.name} attention, {num_params:,} "
+  print(f"Training {config.task} ({config.attention.name} attention, {steps.num_params:,} "
         f"parameters) for {config.num_train_steps} steps on {jax.device_count()} "
         f"{jax.devices()[0].platform.upper()} device(s); workdir {workdir}", flush=True)
   sums, window_start, timed_steps, timed_seconds = None, time.time(), 0, 0.0
@@ -337,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "num_train_steps": config.num_train_steps,
       "steps_per_sec": timed_steps / timed_seconds if timed_seconds else None,
       "peak_memory_gb": _peak_memory_gb(),
-      "num_params": num_params,
+      "num_params": steps.num_params,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
   }
   _write_json(run.file("results.json"), results)

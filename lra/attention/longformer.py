@@ -12,6 +12,7 @@ Shapes stay static under `jax.jit` through a static budget `max_global` of globa
 row; a row with more is an error the user sees, never a silently truncated answer.
 """
 
+import functools
 import math
 
 import jax
@@ -40,7 +41,10 @@ def _global_budget(is_global, max_global: int | None) -> int:
   if counts is not None:
     _raise_if_over_budget(counts, max_global)
   else:
-    jax.debug.callback(_raise_if_over_budget, jnp.sum(is_global, axis=1), max_global)
+    # The budget is bound statically: arguments of a callback arrive as device arrays, and
+    # comparing one inside the callback would wait on the busy device (a deadlock).
+    jax.debug.callback(functools.partial(_raise_if_over_budget, max_global=max_global),
+                       jnp.sum(is_global, axis=1))
   return max_global
 
 

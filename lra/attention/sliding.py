@@ -28,7 +28,7 @@ from lra import errors
 from lra.attention import common
 
 # Score elements one loop iteration may hold (per array); bounds the working set of a chunk.
-_CHUNK_SCORE_BUDGET = 1 << 18
+_CHUNK_SCORE_BUDGET = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)

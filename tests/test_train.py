@@ -1,0 +1,163 @@
+"""The trainer end to end on size=tiny ListOps: outputs, exact resume, devices, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from lra import config_utils
+from lra import data as lra_data
+from lra import input_pipeline
+from lra import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Fields of results.json that measure the machine, not the run.
+TIMING_FIELDS = ("steps_per_sec", "peak_memory_gb", "devices")
+
+
+def tiny_config(cache_dir, spec="configs/listops.py:attention=longformer,size=tiny", **fields):
+  config = config_utils.load_config(os.path.join(REPO, spec))
+  with config.unlocked():
+    config.data_cache_dir = str(cache_dir)
+    config.update(fields)
+  return config
+
+
+def launch(args, **kwargs):
+  return subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", *args], cwd=REPO, text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), **kwargs)
+
+
+def cli_args(workdir, cache_dir, *extra, spec="configs/listops.py:attention=longformer,size=tiny"):
+  return [f"--config={spec}", f"--workdir={workdir}",
+          f"--config.data_cache_dir={cache_dir}", *extra]
+
+
+def test_two_steps_write_every_output(tmp_path):
+  config = tiny_config(tmp_path / "cache", num_train_steps=2, eval_every_steps=1,
+                       checkpoint_every_steps=1, log_every_steps=1)
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  run = tmp_path / "run"
+  for name in ("config.json", "vocab.json", "metrics.jsonl", "results.json", "curves.png"):
+    assert (run / name).exists(), name
+  assert sorted(os.listdir(run / "checkpoints")) == ["1", "2"]
+  assert os.listdir(run / "best")
+  records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+  assert [r["step"] for r in records if "train_loss" in r] == [1, 2]
+  assert [r["step"] for r in records if "val_accuracy" in r] == [1, 2]
+  saved = json.load(open(run / "results.json"))
+  assert saved == json.loads(json.dumps(results))
+  for key in ("test_accuracy", "best_val_accuracy", "best_val_step", "steps_per_sec",
+              "peak_memory_gb", "num_params", "majority_class_rate"):
+    assert saved[key] is not None, key
+  assert json.load(open(run / "vocab.json"))[0] == "<pad>"
+
+
+def _comparable(workdir):
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  for record in metrics:
+    record.pop("steps_per_sec", None)
+  return {k: v for k, v in results.items() if k not in TIMING_FIELDS}, metrics
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+  cache = tmp_path / "cache"
+  extra = ("--config.num_train_steps=24", "--config.checkpoint_every_steps=4",
+           "--config.log_every_steps=2", "--config.eval_every_steps=6")
+  reference = launch(cli_args(tmp_path / "reference", cache, *extra))
+  assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
+  killed = launch(cli_args(tmp_path / "killed", cache, *extra))
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 300
+  while not (checkpoints.exists() and any(name.isdigit() and int(name) >= 8
+                                          for name in os.listdir(checkpoints))):
+    assert killed.poll() is None, "the run ended before it could be killed"
+    assert time.time() < deadline
+    time.sleep(0.05)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert not (tmp_path / "killed" / "results.json").exists()
+
+  resumed = launch(cli_args(tmp_path / "killed", cache, *extra))
+  out, err = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, err
+  assert "Resumed from the checkpoint at step" in out
+  assert _comparable(tmp_path / "killed") == _comparable(tmp_path / "reference")
+
+
+def test_same_batch_same_loss_on_one_and_four_devices(tmp_path):
+  assert jax.device_count() == 4, "tests/conftest.py simulates 4 CPU devices"
+  config = tiny_config(tmp_path / "cache")
+  data = lra_data.load(config)
+  batch = next(input_pipeline.eval_batches(data.splits["train"], batch_size=8))
+  sums = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+    steps = train.build_steps(config, data, mesh)
+    sharded = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.P("data")))
+    eval_sums = steps.eval_step(steps.state["params"], sharded)
+    _, train_sums = steps.train_step(steps.state, sharded)
+    sums.append(jax.device_get((eval_sums, train_sums["loss"])))
+  chex.assert_trees_all_close(sums[0], sums[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/listops.py:attention=foo,size=tiny"], "unknown attention 'foo'"),
+    (["--config=configs/listops.py:size=tiny", "--config.attention.window=0"],
+     "window must be a positive int"),
+    (["--config=configs/listops.py:size=tiny", "--config.num_train_stepz=3"],
+     "no such config field 'num_train_stepz'"),
+    (["--config=configs/listops.py:size=paper"], "needs config.data_path"),
+    (["--config=configs/listops.py:size=tiny", "--config.data_path=/nonexistent/listops"],
+     "/nonexistent/listops"),
+])
+def test_bad_input_gets_one_clear_message(tmp_path, args, message):
+  process = launch([*args, f"--workdir={tmp_path / 'run'}",
+                    f"--config.data_cache_dir={tmp_path / 'cache'}"])
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 2
+  assert "Traceback" not in err
+  assert f"error: " in err and message in err, err
+
+
+def test_malformed_tsv_row_is_named(tmp_path):
+  folder = tmp_path / "listops"
+  folder.mkdir()
+  for split in ("train", "val", "test"):
+    (folder / f"basic_{split}.tsv").write_text("Source\tTarget\n( [MAX 2 3 ] )\t3\n")
+  (folder / "basic_val.tsv").write_text("Source\tTarget\n( [MAX 2 3 ] )\tthree\n")
+  process = launch(cli_args(tmp_path / "run", tmp_path / "cache",
+                            f"--config.data_path={folder}"))
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 2 and "Traceback" not in err
+  assert "basic_val.tsv" in err and "line 2" in err, err
+
+
+def test_corrupted_checkpoint_is_named_and_kept(tmp_path):
+  config = tiny_config(tmp_path / "cache", num_train_steps=2, checkpoint_every_steps=2,
+                       log_every_steps=1, eval_every_steps=2)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  state_dir = tmp_path / "run" / "checkpoints" / "2" / "state"
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"not a checkpoint")
+  process = launch(cli_args(tmp_path / "run", tmp_path / "cache",
+                            "--config.num_train_steps=2", "--config.checkpoint_every_steps=2",
+                            "--config.log_every_steps=1", "--config.eval_every_steps=2"))
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 2 and "Traceback" not in err, err
+  assert "checkpoints/2" in err and "cannot be restored" in err, err
+  assert state_dir.exists()  # nothing already written is lost
