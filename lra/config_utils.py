@@ -5,6 +5,7 @@ the string after the colon reaches `get_config(arg)`. Its keys and their default
 declared by the config file, so a typo is an error, and values take the defaults' types.
 """
 
+import dataclasses
 import importlib.util
 import os
 from typing import Any
@@ -124,4 +125,70 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module_spec.loader.exec_module(module)
   config = module.get_config(arg or None)
   config.lock()
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """The scale of one size of a task: model, window, batch, steps and learning rate."""
+
+  layers: int
+  width: int
+  heads: int
+  mlp: int  # hidden width of the MLP blocks and of the classification head
+  max_length: int  # tokens kept per sequence (per document for retrieval)
+  window: int  # one-sided attention window of the local and Longformer variants
+  batch: int
+  steps: int
+  warmup: int
+  learning_rate: float
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+
+
+def classification_config(task: str, arg: str | None, *, presets: dict[str, Preset],
+                          kind: str = "classifier", pooling: str = "cls",
+                          pos_emb: str = "sinusoidal", schedule: str = "rsqrt",
+                          weight_decay: float = 0.1, grad_clip: float = 0.0,
+                          dropout_rate: float = 0.1, attention_dropout_rate: float = 0.1,
+                          **data) -> ml_collections.ConfigDict:
+  """A full LRA classification config from the preset of `size` and the task's options.
+
+  `arg` takes attention=full|local|dilated|longformer, size=paper|small|tiny,
+  window=<one-sided window, 0 = the preset's>, dilation=<d or d/d/.../d per head>.
+  Dropout and weight decay are the paper's at size=paper; smaller sizes train without
+  dropout and with weight decay 0.01 (short runs underfit rather than overfit).
+  """
+  args = parse_arg(arg, attention="longformer", size="paper", window=0, dilation=())
+  preset = presets[args.size]
+  paper = args.size == "paper"
+  config = base_config(task, args)
+  config.data.max_length = preset.max_length
+  config.data.update(data)
+
+  config.model.kind = kind  # classifier | dual_encoder
+  config.model.num_layers = preset.layers
+  config.model.emb_dim = preset.width
+  config.model.num_heads = preset.heads
+  config.model.mlp_dim = preset.mlp
+  config.model.dropout_rate = dropout_rate if paper else 0.0
+  config.model.attention_dropout_rate = attention_dropout_rate if paper else 0.0
+  config.model.pos_emb = pos_emb  # sinusoidal | learned
+  config.model.pooling = pooling  # cls | mean
+  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  config.attention = attention_config(args.attention, window=args.window or preset.window,
+                                      num_heads=preset.heads, dilation=args.dilation)
+
+  config.batch_size = preset.batch
+  config.eval_batch_size = preset.batch
+  config.num_train_steps = preset.steps
+  config.log_every_steps = preset.log_every
+  config.eval_every_steps = preset.eval_every
+  config.checkpoint_every_steps = preset.checkpoint_every
+  config.optimizer.learning_rate = preset.learning_rate
+  config.optimizer.schedule = schedule
+  config.optimizer.warmup_steps = preset.warmup
+  config.optimizer.weight_decay = weight_decay if paper else 0.01
+  config.optimizer.grad_clip = grad_clip if paper else 1.0
   return config

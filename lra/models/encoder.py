@@ -130,7 +130,7 @@ class Encoder(nnx.Module):
     if length > self.max_length:
       raise errors.ConfigError(
           f"sequence of length {length} exceeds the model's max_length {self.max_length}")
-    x = x_BxLxE + self.positions[...][:length].astype(x_BxLxE.dtype)
+    x = x_BxLxE + self.positions[...][None, :length].astype(x_BxLxE.dtype)
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     for block in self.blocks:
       x = block(x, padding_mask=padding_mask, global_mask=global_mask,

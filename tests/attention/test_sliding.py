@@ -164,7 +164,7 @@ class BlockPlanTest(parameterized.TestCase):
   def test_auto_block_wastes_little(self, window, length):
     plan = sliding.plan_band(length, window, False, None, rows=8)
     needed = 2 * window + 1
-    self.assertLessEqual(plan.keys, max(1.3 * needed, 3 * 16))
+    self.assertLessEqual(plan.keys, max(1.3 * needed, 3 * 32))
     self.assertEqual(plan.length % plan.block, 0)
     self.assertGreaterEqual(plan.length, length)
 

@@ -1,0 +1,42 @@
+r"""Pathfinder (Long Range Arena): are the two marked dots joined by one path? 32x32 pixels.
+
+Launch (generated data when data_path is unset and size is small or tiny; or the LRA
+release lra_release.gz, folder lra_release/lra_release/pathfinder32):
+
+  python -m experiments.train --config=configs/pathfinder.py:attention=longformer,size=small \
+      --workdir=runs/pathfinder_small
+  python -m experiments.train --config=configs/pathfinder.py:attention=longformer \
+      --config.data_path=lra_release/lra_release/pathfinder32 --workdir=runs/pathfinder
+
+Arguments: attention=full|local|dilated|longformer, size=paper|small|tiny, window=,
+dilation= (see configs/listops.py).
+
+size=paper follows LRA's Pathfinder-32 Transformer: 4 layers, 32 wide, 4 heads, MLP 32,
+batch 512, 62400 steps (200 epochs of 160k images), learning rate 1e-3 with 312 warmup
+steps and cosine decay, no weight decay, dropout 0.1, MEAN pooling, sinusoidal positions,
+the `hard` split (curv_contour_length_14), seeded 80/10/10 split. Pixel value v is token
+v + 1 (LRA masked black pixels as padding). LRA Table 1: 71.40% (Transformer), 69.71%
+(Longformer).
+"""
+
+from lra import config_utils
+from lra.config_utils import Preset
+
+
+def get_config(arg=None):
+  return config_utils.classification_config(
+      "pathfinder", arg, pooling="mean", schedule="cosine", weight_decay=0.0,
+      presets={
+          "paper": Preset(layers=4, width=32, heads=4, mlp=32, max_length=1024, window=256,
+                          batch=512, steps=62400, warmup=312, learning_rate=1e-3,
+                          log_every=100, eval_every=312, checkpoint_every=3120),
+          "small": Preset(layers=2, width=32, heads=4, mlp=64, max_length=1024, window=32,
+                          batch=32, steps=1000, warmup=100, learning_rate=2e-3,
+                          log_every=50, eval_every=200, checkpoint_every=200),
+          "tiny": Preset(layers=1, width=16, heads=2, mlp=32, max_length=1024, window=8,
+                         batch=8, steps=4, warmup=2, learning_rate=1e-3, log_every=1,
+                         eval_every=2, checkpoint_every=2),
+      },
+      resolution=32,  # image side; the sequence length is its square
+      difficulty="hard",  # easy | intermediate | hard (curv_contour_length_14)
+      generator_seed=0)  # seed of the generated dataset (data_path unset)
