@@ -34,7 +34,7 @@ def get_config(arg=None):
                           steps=5000, warmup=1000, learning_rate=0.05 / 1000 ** 0.5,
                           log_every=50, eval_every=250, checkpoint_every=500),
           "small": Preset(layers=2, width=64, heads=4, mlp=128, max_length=512, window=32, batch=32,
-                          steps=1100, warmup=200, learning_rate=2e-3, log_every=50,
+                          steps=1100, warmup=150, learning_rate=3e-3, log_every=50,
                           eval_every=200, checkpoint_every=200),
           "tiny": Preset(layers=1, width=32, heads=2, mlp=64, max_length=128, window=8, batch=8, steps=6,
                          warmup=2, learning_rate=1e-3, log_every=1, eval_every=3,

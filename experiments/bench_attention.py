@@ -1,0 +1,552 @@
+r"""Benchmarks attention mechanisms, forward + backward: time, throughput and peak memory.
+
+  python -m experiments.bench_attention --out=results/bench_attention \
+      [--lengths=1024,2048,4096 --mechanisms=local,longformer --dtype=bfloat16 \
+       --hf_python=/tmp/hfvenv/bin/python]
+
+Mechanisms (one-sided window w, every query of a head sees at most 2w + 1 keys):
+  full        `jax.nn.dot_product_attention(local_window_size=(w, w), implementation="xla")`:
+              the same band as `local`, but as a dense masked [length, length] computation.
+  local       `lra.attention.sliding_window_attention`, window w.
+  dilated     the same with one dilation per head (`--dilations`).
+  longformer  `lra.attention.longformer_attention`: window w plus the first token global,
+              with separate global q/k/v (`max_global=1`).
+With `--hf_python`, HuggingFace's `LongformerSelfAttention` (experiments/bench_hf_longformer.py,
+run by that interpreter) adds an `hf_longformer` row per length that it supports.
+
+One timed step is a jit-compiled `jax.grad` of `sum(output)` with respect to every input
+array: q, k, v, and for Longformer also its global q, k, v, which a model trains too. Each (mechanism, length) runs in a
+fresh subprocess of this script, so that its peak RSS is its own; lengths are the outer loop
+so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured in
+the same run, puts the useful GFLOP/s in proportion: useful FLOPs are 3 x the forward FLOPs
+of the two matmuls over exactly the keys each query sees (`pattern_pairs`), so the waste of
+a method (masked-out scores, padding blocks, recomputation) lowers its useful rate.
+
+Writes bench.csv, bench.md, bench.json (every raw time) and bench.png in --out.
+"""
+
+import csv
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Sequence
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import psutil
+
+from experiments import cli
+from lra import attention
+from lra import errors
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HF_SCRIPT = os.path.join(REPO, "experiments", "bench_hf_longformer.py")
+HF_MECHANISM = "hf_longformer"
+# Positions of Longformer's global tokens: the first one, like a classifier's [CLS].
+GLOBAL_POSITIONS = (0,)
+
+_LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384", "32768"],
+                             "Sequence lengths.")
+_WINDOW = flags.DEFINE_integer("window", 256, "One-sided window w (HF's attention_window = 2w).")
+_HEADS = flags.DEFINE_integer("heads", 8, "Attention heads.")
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Dimension of each head.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Batch size.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "Dtype of q, k, v and of the matmul-rate measurement.")
+_MECHANISMS = flags.DEFINE_list("mechanisms", ["full", "local", "dilated", "longformer"],
+                                "Mechanisms to measure: full, local, dilated, longformer.")
+_DILATIONS = flags.DEFINE_list(
+    "dilations", ["1", "2"],
+    "Dilations of `dilated`: the heads are split into equal consecutive groups, one per "
+    "value (the default gives half the heads dilation 1 and half dilation 2).")
+_FULL_MAX_LENGTH = flags.DEFINE_integer(
+    "full_max_length", 8192, "Longest length measured for `full` (quadratic time and memory).")
+_MEMORY_LIMIT_GB = flags.DEFINE_float(
+    "memory_limit_gb", None,
+    "Skip `full` at a length whose float32 score tensor alone exceeds this many GB "
+    "(default: half the machine's memory).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps; the median is reported.")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps first (the first one compiles).")
+_MATMUL_SIZE = flags.DEFINE_integer(
+    "matmul_size", 2048, "n of the n x n @ n x n matmul that measures the machine's rate.")
+_OUT = flags.DEFINE_string("out", "results/bench_attention", "Folder of the outputs.")
+_HF_PYTHON = flags.DEFINE_string(
+    "hf_python", None,
+    "A Python with torch and transformers (e.g. /tmp/hfvenv/bin/python): also time HF's "
+    "Longformer attention, at the lengths that are multiples of 2 * window and at most "
+    "--hf_max_length (float32, batch 1 only).")
+_HF_MAX_LENGTH = flags.DEFINE_integer("hf_max_length", 4096, "Longest length measured for HF.")
+_ONE = flags.DEFINE_string(
+    "_one", None, "Internal: measure one `mechanism:length` (or `matmul:n`) in this process "
+    "and print it as one JSON line.")
+
+flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
+for _name in ("heads", "head_dim", "batch", "repeats", "warmup", "matmul_size"):
+  flags.register_validator(_name, lambda value: value >= 1, "must be >= 1")
+flags.register_validator("lengths", lambda lengths: all(s.isdigit() and int(s) > 0
+                                                        for s in lengths),
+                         "must be positive integers, e.g. 1024,2048")
+flags.register_validator("dilations", lambda ds: ds and all(s.isdigit() and int(s) > 0
+                                                            for s in ds),
+                         "must be integers >= 1, e.g. 1,2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The shapes and options shared by every measurement of a run."""
+
+  window: int
+  heads: int
+  head_dim: int
+  batch: int
+  dtype: str
+  dilations: tuple[int, ...]  # one per head, for `dilated`
+
+  @classmethod
+  def from_flags(cls) -> "Setup":
+    groups = [int(d) for d in _DILATIONS.value]
+    if _HEADS.value % len(groups):
+      raise errors.ConfigError(
+          f"--dilations has {len(groups)} values, which do not split --heads={_HEADS.value} "
+          f"into equal groups")
+    per_group = _HEADS.value // len(groups)
+    return cls(window=_WINDOW.value, heads=_HEADS.value, head_dim=_HEAD_DIM.value,
+               batch=_BATCH.value, dtype=_DTYPE.value,
+               dilations=tuple(d for d in groups for _ in range(per_group)))
+
+
+def _full(setup: Setup, q, k, v):
+  return jax.nn.dot_product_attention(q, k, v, local_window_size=(setup.window, setup.window),
+                                      implementation="xla")
+
+
+def _local(setup: Setup, q, k, v):
+  return attention.sliding_window_attention(q, k, v, window=setup.window)
+
+
+def _dilated(setup: Setup, q, k, v):
+  return attention.sliding_window_attention(q, k, v, window=setup.window,
+                                            dilation=setup.dilations)
+
+
+def _longformer(setup: Setup, q, k, v, global_q, global_k, global_v):
+  # A numpy constant, as a model with a fixed [CLS]-like global token passes it.
+  global_mask = np.zeros(q.shape[:2], bool)
+  global_mask[:, list(GLOBAL_POSITIONS)] = True
+  return attention.longformer_attention(
+      q, k, v, window=setup.window, global_mask=global_mask, max_global=len(GLOBAL_POSITIONS),
+      global_q=global_q, global_k=global_k, global_v=global_v)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mechanism:
+  """A benchmarked mechanism.
+
+  Attributes:
+    attend: `(setup, *inputs) -> output`, inputs `[batch, length, heads, head_dim]`.
+    inputs: number of input arrays (q, k, v, then any global q, k, v).
+    dilated: its heads use `setup.dilations` (else dilation 1).
+    global_tokens: `GLOBAL_POSITIONS` are global.
+    quadratic: builds `[length, length]` scores, so long lengths are skipped.
+  """
+
+  attend: Callable[..., jax.Array]
+  inputs: int = 3
+  dilated: bool = False
+  global_tokens: bool = False
+  quadratic: bool = False
+
+
+MECHANISMS = {
+    "full": Mechanism(_full, quadratic=True),
+    "local": Mechanism(_local),
+    "dilated": Mechanism(_dilated, dilated=True),
+    "longformer": Mechanism(_longformer, inputs=6, global_tokens=True),
+}
+flags.register_validator(
+    "mechanisms", lambda names: names and set(names) <= set(MECHANISMS),
+    f"must be a comma-separated subset of {','.join(MECHANISMS)}")
+
+
+def pattern_pairs(length: int, window: int, dilations: Sequence[int],
+                  global_positions: Sequence[int] = ()) -> int:
+  """Query-key pairs the pattern attends, summed over heads: sum_i |keys seen by query i|.
+
+  Counts exactly, sequence ends included, without building the `[length, length]` pattern:
+  a query sees `min(w, i // d)` keys before it, `min(w, (length - 1 - i) // d)` after it and
+  itself; the global keys outside that window; and a global query sees every key.
+  """
+  i = np.arange(length)
+  total = 0
+  for d in dilations:
+    seen = np.minimum(window, i // d) + np.minimum(window, (length - 1 - i) // d) + 1
+    if global_positions:
+      offset = np.array(global_positions)[None, :] - i[:, None]
+      global_in_window = (offset % d == 0) & (np.abs(offset) <= window * d)
+      seen += len(global_positions) - global_in_window.sum(axis=1)
+      seen[list(global_positions)] = length
+    total += int(seen.sum())
+  return total
+
+
+def useful_gflop(mechanism: str, length: int, setup: Setup) -> float:
+  """3 x the forward FLOPs of q @ k^T and probs @ v over the attended pairs, in GFLOP.
+
+  The backward pass is counted as twice the forward (4 matmuls against 2), as usual.
+  """
+  # HF's layer computes the local pattern (no global tokens, dilation 1).
+  spec = MECHANISMS["local" if mechanism == HF_MECHANISM else mechanism]
+  dilations = setup.dilations if spec.dilated else (1,) * setup.heads
+  pairs = pattern_pairs(length, setup.window, dilations,
+                        GLOBAL_POSITIONS if spec.global_tokens else ())
+  return 3 * 2 * 2 * setup.batch * pairs * setup.head_dim / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# One measurement, in a fresh process.
+
+
+def _peak_rss_gb() -> float:
+  """This process's peak RSS in GB (1e9 bytes)."""
+  # VmHWM is the high-water mark of this process's own memory. ru_maxrss is not: Linux
+  # carries a parent's RSS at fork into the child's ru_maxrss across exec, so every child
+  # would report at least the size of this script's parent process.
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024 / 1e9
+  except OSError:
+    pass
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return (peak if sys.platform == "darwin" else peak * 1024) / 1e9
+
+
+def _time_calls(step: Callable[[], object], warmup: int, repeats: int) -> dict:
+  """Seconds of each call: `warmup` untimed ones (the first compiles), then `repeats`."""
+  times = []
+  for _ in range(warmup + repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(step())
+    times.append(time.perf_counter() - start)
+  return {"warmup_s": times[:warmup], "times_s": times[warmup:],
+          "median_s": statistics.median(times[warmup:])}
+
+
+def _random_inputs(count: int, shape, dtype: str):
+  # Drawn by numpy: jax.random would compile a few ops first, seconds on a small machine.
+  rng = np.random.default_rng(0)
+  return jax.block_until_ready(
+      [jax.device_put(rng.standard_normal(shape, np.float32).astype(jnp.dtype(dtype)))
+       for _ in range(count)])
+
+
+def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
+  spec = MECHANISMS[mechanism]
+  inputs = _random_inputs(spec.inputs, (setup.batch, length, setup.heads, setup.head_dim),
+                          setup.dtype)
+  setup_rss_gb = psutil.Process().memory_info().rss / 1e9
+
+  def loss(*arrays):
+    return jnp.sum(spec.attend(setup, *arrays).astype(jnp.float32))
+
+  step = jax.jit(jax.grad(loss, argnums=tuple(range(spec.inputs))))
+  timing = _time_calls(lambda: step(*inputs), _WARMUP.value, _REPEATS.value)
+  return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": _peak_rss_gb()}
+
+
+def measure_matmul(n: int, dtype: str) -> dict:
+  a, b = _random_inputs(2, (n, n), dtype)
+  timing = _time_calls(lambda: jnp.matmul(a, b), _WARMUP.value, _REPEATS.value)
+  device = jax.devices()[0]
+  kind = "" if device.device_kind == device.platform else f" ({device.device_kind})"
+  return {**timing, "gflops": 2 * n**3 / timing["median_s"] / 1e9,
+          "device": device.platform + kind}
+
+
+def measure_one(spec: str, setup: Setup) -> dict:
+  """Runs `mechanism:length` or `matmul:n` (the `--_one` mode)."""
+  name, _, size = spec.partition(":")
+  if name == "matmul":
+    return measure_matmul(int(size), setup.dtype)
+  return measure_attention(name, int(size), setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver: subprocesses, tables, figure.
+
+
+def _run(command: list[str]) -> tuple[str | None, str]:
+  """Runs a measuring process; returns (stdout, "") or (None, why it failed)."""
+  completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+  if completed.returncode == 0:
+    return completed.stdout, ""
+  if completed.returncode < 0:
+    return None, f"killed by signal {-completed.returncode} (out of memory?)"
+  last = (completed.stderr.strip().splitlines() or ["no message"])[-1]
+  return None, f"exit {completed.returncode}: {last}"
+
+
+def _run_self(spec: str) -> dict:
+  """Measures `spec` (see `measure_one`) in a fresh process of this script."""
+  passed = ("window", "heads", "head_dim", "batch", "dtype", "dilations", "repeats", "warmup")
+  stdout, failure = _run([sys.executable, "-m", "experiments.bench_attention", f"--_one={spec}",
+                          *(flags.FLAGS[name].serialize() for name in passed)])
+  if stdout is None:
+    return {"status": f"failed: {failure}"}
+  # The record is the last line; libraries may print before it.
+  return {"status": "ok", **json.loads(stdout.strip().splitlines()[-1])}
+
+
+def _run_hf(length: int) -> dict:
+  """Times HF's Longformer layer at one length with its own script and interpreter."""
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, "hf.json")
+    stdout, failure = _run([
+        _HF_PYTHON.value, HF_SCRIPT, f"--lengths={length}", f"--repeats={_REPEATS.value}",
+        f"--warmup={_WARMUP.value}", f"--heads={_HEADS.value}", f"--head_dim={_HEAD_DIM.value}",
+        f"--window={_WINDOW.value}", f"--out={path}"])
+    if stdout is None:
+      return {"status": f"failed: {failure}"}
+    with open(path) as f:
+      record = json.load(f)[0]
+  return {"status": "ok", "times_s": record["times_s"], "median_s": record["median_s"],
+          "setup_rss_gb": record["base_rss_gb"], "peak_rss_gb": record["peak_rss_gb"]}
+
+
+def _skip_reason(mechanism: str, length: int, setup: Setup,
+                 memory_limit_gb: float) -> str | None:
+  if not MECHANISMS[mechanism].quadratic:
+    return None
+  if length > _FULL_MAX_LENGTH.value:
+    return f"skipped: length > --full_max_length={_FULL_MAX_LENGTH.value}"
+  scores_gb = setup.batch * setup.heads * length**2 * 4 / 1e9
+  if scores_gb > memory_limit_gb:
+    return (f"skipped: its {scores_gb:.1f} GB score tensor > "
+            f"--memory_limit_gb={memory_limit_gb:.1f}")
+  return None
+
+
+def _measure(mechanism: str, length: int, setup: Setup, memory_limit_gb: float) -> dict:
+  """The record of one (mechanism, length), measured in a fresh process, or why not."""
+  if mechanism == HF_MECHANISM:
+    return _run_hf(length)
+  skip = _skip_reason(mechanism, length, setup, memory_limit_gb)
+  return {"status": skip} if skip else _run_self(f"{mechanism}:{length}")
+
+
+def _plan(lengths: list[int]) -> list[tuple[str, int]]:
+  """(mechanism, length) in measuring order: lengths outside, mechanisms inside."""
+  hf_lengths = set()
+  if _HF_PYTHON.value:
+    hf_lengths = {n for n in lengths
+                  if n % (2 * _WINDOW.value) == 0 and n <= _HF_MAX_LENGTH.value}
+  names = list(dict.fromkeys(_MECHANISMS.value))
+  return [(name, n) for n in lengths
+          for name in names + ([HF_MECHANISM] if n in hf_lengths else [])]
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _machine(matmul: dict, setup: Setup) -> dict:
+  return {
+      "cpu": _cpu_model(),
+      "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count(),
+      "device": matmul.get("device"),
+      "jax": importlib.metadata.version("jax"),
+      "matmul_n": _MATMUL_SIZE.value,
+      "matmul_gflops": matmul.get("gflops"),
+      **dataclasses.asdict(setup),
+  }
+
+
+CSV_COLUMNS = ("mechanism", "length", "status", "median_s", "useful_gflop", "useful_gflops",
+               "pct_of_matmul", "setup_rss_gb", "peak_rss_gb", "first_call_s")
+
+
+def _finish_row(row: dict, setup: Setup, matmul_gflops: float | None) -> dict:
+  """Adds the useful rate and its fraction of the matmul rate to a measured row."""
+  row["useful_gflop"] = useful_gflop(row["mechanism"], row["length"], setup)
+  if row["status"] == "ok":
+    row["useful_gflops"] = row["useful_gflop"] / row["median_s"]
+    if matmul_gflops:
+      row["pct_of_matmul"] = 100 * row["useful_gflops"] / matmul_gflops
+    if row.get("warmup_s"):
+      row["first_call_s"] = row["warmup_s"][0]
+  return row
+
+
+def _fmt(value, spec: str) -> str:
+  return "" if value is None else format(value, spec)
+
+
+def markdown(rows: list[dict], machine: dict) -> str:
+  matmul = (f"{machine['matmul_gflops']:.1f} GFLOP/s" if machine["matmul_gflops"]
+            else "not measured")
+  lines = [
+      "# Attention benchmark: forward + backward",
+      "",
+      f"Machine: {machine['cpu']}, {machine['cores']} cores, JAX device {machine['device']}; "
+      f"jax {machine['jax']}; {machine['dtype']}; window {machine['window']} (one-sided); "
+      f"{machine['heads']} heads x {machine['head_dim']}; batch {machine['batch']}; "
+      f"matmul rate ({machine['matmul_n']}^3, {machine['dtype']}): {matmul}.",
+      "",
+      "Time: median of the timed steps. Useful GFLOP/s: 3 x the forward FLOPs of the two "
+      "matmuls over exactly the keys each query sees, per second. RSS in GB (1e9 bytes) of "
+      "the measuring process: after setup (inputs allocated, before compiling) and peak.",
+      "",
+      "| mechanism | length | median time (s) | useful GFLOP/s | % of matmul rate "
+      "| setup RSS (GB) | peak RSS (GB) | note |",
+      "|---|---:|---:|---:|---:|---:|---:|---|",
+  ]
+  for row in rows:
+    note = "" if row["status"] == "ok" else row["status"]
+    lines.append(
+        f"| {row['mechanism']} | {row['length']} | {_fmt(row.get('median_s'), '.4f')} "
+        f"| {_fmt(row.get('useful_gflops'), '.2f')} | {_fmt(row.get('pct_of_matmul'), '.1f')} "
+        f"| {_fmt(row.get('setup_rss_gb'), '.2f')} | {_fmt(row.get('peak_rss_gb'), '.2f')} "
+        f"| {note} |")
+  return "\n".join(lines) + "\n"
+
+
+def key_ratios(rows: list[dict]) -> list[str]:
+  """The headline comparisons, `n/a` where a time was not measured."""
+  median = {(r["mechanism"], r["length"]): r["median_s"] for r in rows if r["status"] == "ok"}
+
+  def ratio(label, numerator, denominator, comment=""):
+    if numerator in median and denominator in median:
+      return f"{label}: {median[numerator] / median[denominator]:.2f}{comment}"
+    return f"{label}: n/a (not measured)"
+
+  return [
+      ratio("time(local, 16384) / time(local, 2048)", ("local", 16384), ("local", 2048),
+            " (8.00 if linear)"),
+      ratio("time(full, 8192) / time(local, 8192)", ("full", 8192), ("local", 8192)),
+      ratio("time(hf_longformer, 4096) / time(local, 4096)", (HF_MECHANISM, 4096),
+            ("local", 4096)),
+  ]
+
+
+def plot(rows: list[dict], machine: dict, path: str) -> None:
+  """Time and peak RSS against length, log-log, one line per mechanism."""
+  # Imported here: the measuring subprocesses never plot, and would pay for the import.
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+  class _PlainLogFormatter(ticker.LogFormatter):
+    """Log-axis labels as plain numbers (0.3, not 3e-01), on the ticks matplotlib picks."""
+
+    def _num_to_string(self, x, vmin, vmax):
+      return f"{x:g}"
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
+  for name in dict.fromkeys(r["mechanism"] for r in rows):
+    done = [r for r in rows if r["mechanism"] == name and r["status"] == "ok"]
+    for ax, key in zip(axes, ("median_s", "peak_rss_gb")):
+      ax.plot([r["length"] for r in done], [r[key] for r in done], marker="o", label=name)
+  lengths = sorted({r["length"] for r in rows})
+  for ax, ylabel, title in zip(axes, ("seconds per step", "peak RSS (GB)"),
+                               ("forward + backward time", "peak memory")):
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.yaxis.set_major_formatter(_PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(minor_thresholds=(1, 0.4)))
+    ax.set(xlabel="sequence length", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, which="both")
+  # One legend for both panels, below them, so that it never hides a line.
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
+  fig.suptitle(f"window {machine['window']}, {machine['heads']} heads x {machine['head_dim']}, "
+               f"batch {machine['batch']}, {machine['dtype']}, {machine['cpu']} "
+               f"({machine['cores']} cores)", fontsize=10)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_outputs(rows: list[dict], machine: dict, matmul: dict, out: str) -> str:
+  """Writes bench.{csv,md,json,png} and returns the Markdown."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "bench.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+  text = markdown(rows, machine)
+  with open(os.path.join(out, "bench.md"), "w") as f:
+    f.write(text + "\n" + "\n".join(f"- {line}" for line in key_ratios(rows)) + "\n")
+  with open(os.path.join(out, "bench.json"), "w") as f:
+    json.dump({"machine": machine, "matmul": matmul, "rows": rows}, f, indent=2)
+  plot(rows, machine, os.path.join(out, "bench.png"))
+  return text
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  setup = Setup.from_flags()
+  if _ONE.value:
+    print(json.dumps(measure_one(_ONE.value, setup)))
+    return
+  if _HF_PYTHON.value:
+    if not os.access(_HF_PYTHON.value, os.X_OK):
+      raise errors.ConfigError(f"--hf_python={_HF_PYTHON.value} is not an executable Python")
+    if setup.dtype != "float32" or setup.batch != 1:
+      raise errors.ConfigError("--hf_python measures HF at float32 and batch 1 only: drop "
+                               "--hf_python, or use --dtype=float32 --batch=1")
+  memory_limit_gb = _MEMORY_LIMIT_GB.value
+  if memory_limit_gb is None:
+    memory_limit_gb = psutil.virtual_memory().total / 2e9
+  lengths = [int(n) for n in _LENGTHS.value]
+
+  print(f"matmul {_MATMUL_SIZE.value}^3 ({setup.dtype}) ...", flush=True)
+  matmul = _run_self(f"matmul:{_MATMUL_SIZE.value}")
+  matmul_gflops = matmul.get("gflops")
+  print(f"  {matmul_gflops:.1f} GFLOP/s" if matmul_gflops else f"  {matmul['status']}",
+        flush=True)
+
+  plan = _plan(lengths)
+  rows = []
+  for index, (name, length) in enumerate(plan, 1):
+    print(f"[{index}/{len(plan)}] {name} length {length} ...", flush=True)
+    record = _measure(name, length, setup, memory_limit_gb)
+    row = _finish_row({"mechanism": name, "length": length, **record}, setup, matmul_gflops)
+    rows.append(row)
+    if row["status"] == "ok":
+      print(f"  {row['median_s']:.4f} s, {row['useful_gflops']:.2f} useful GFLOP/s, "
+            f"peak RSS {row['peak_rss_gb']:.2f} GB", flush=True)
+    else:
+      print(f"  {row['status']}", flush=True)
+
+  out = os.path.abspath(_OUT.value)
+  print()
+  print(write_outputs(rows, _machine(matmul, setup), matmul, out))
+  for line in key_ratios(rows):
+    print(line)
+  print(f"wrote {out}/bench.{{csv,md,json,png}}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,112 @@
+r"""Training speed and memory of whole models: steps/s of a config's real train step.
+
+  python -m experiments.bench_model --config=configs/text.py:attention=longformer \
+      --out=results/bench_model
+
+Builds the model and optimizer of the config, then times its jitted train step on
+synthetic batches of random tokens at the config's full `max_length` (no data files are
+read), each measurement in a fresh process so that peak memory belongs to it alone.
+Prints steps/s, the wall-time estimate for the config's `num_train_steps`, and peak
+memory, and appends one JSON line per measurement to `--out/bench_model.jsonl`.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Task config file.",
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps after the compiling one.")
+_OUT = flags.DEFINE_string("out", "results/bench_model", "Output folder.")
+_IN_PROCESS = flags.DEFINE_bool("in_process", False,
+                                "Measure in this process (used by the parent run).")
+flags.mark_flag_as_required("config")
+
+
+def _synthetic_batch(config, data):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  fields = ["inputs1", "inputs2"] if config.model.kind == "dual_encoder" else ["inputs"]
+  length = config.data.max_length
+  if config.task == "pathfinder":
+    length = config.data.resolution ** 2
+  batch = {name: rng.integers(1, data.vocab_size, (config.batch_size, length), np.int32)
+           for name in fields}
+  batch["targets"] = rng.integers(0, max(data.num_classes, 1), config.batch_size, np.int32)
+  batch["weights"] = np.ones(config.batch_size, np.float32)
+  return batch
+
+
+def measure(config) -> dict:
+  """Compiles and runs the train step; returns steps/s and peak memory."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from lra import data as lra_data  # pylint: disable=g-import-not-at-top
+  from lra import train  # pylint: disable=g-import-not-at-top
+
+  vocab = {"listops": 16, "pathfinder": 257}.get(config.task, 257)
+  data = lra_data.TaskData(splits={}, vocab=["<pad>"] * vocab,
+                           num_classes=2 if config.task in ("text", "retrieval",
+                                                            "pathfinder") else 10)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  steps = train.build_steps(config, data, mesh)
+  batch = jax.device_put(_synthetic_batch(config, data),
+                         jax.sharding.NamedSharding(mesh, jax.P("data")))
+  state = steps.state
+  start = time.perf_counter()
+  state, _ = steps.train_step(state, batch)
+  jax.block_until_ready(state)
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    state, _ = steps.train_step(state, batch)
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - start)
+  times.sort()
+  step_s = times[len(times) // 2]
+  return {"task": config.task, "size": config.size, "attention": config.attention.name,
+          "dilation": str(config.attention.get("dilation", "")),
+          "batch": config.batch_size, "layers": config.model.num_layers,
+          "width": config.model.emb_dim, "compile_and_first_step_s": compile_s,
+          "median_step_s": step_s, "steps_per_sec": 1.0 / step_s,
+          "estimated_hours": config.num_train_steps * step_s / 3600,
+          "num_train_steps": config.num_train_steps,
+          "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+          "device": jax.devices()[0].device_kind}
+
+
+def main(argv):
+  del argv
+  if _IN_PROCESS.value:
+    print("RESULT " + json.dumps(measure(_CONFIG.value)), flush=True)
+    return
+  args = [a for a in sys.argv[1:] if not a.startswith("--out")]
+  print(f"measuring {_CONFIG.value.task} ({_CONFIG.value.attention.name}) ...", flush=True)
+  process = subprocess.run([sys.executable, "-m", "experiments.bench_model", *args,
+                            "--in_process"], capture_output=True, text=True)
+  lines = [l for l in process.stdout.splitlines() if l.startswith("RESULT ")]
+  if process.returncode or not lines:
+    tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
+    sys.exit(f"error: the measurement failed: {tail}")
+  result = json.loads(lines[-1][len("RESULT "):])
+  os.makedirs(_OUT.value, exist_ok=True)
+  with open(os.path.join(_OUT.value, "bench_model.jsonl"), "a") as f:
+    f.write(json.dumps(result) + "\n")
+  print(f"{result['task']} {result['size']} {result['attention']}: "
+        f"{result['steps_per_sec']:.3f} steps/s (batch {result['batch']}), "
+        f"{result['num_train_steps']} steps ~ {result['estimated_hours']:.1f} h, "
+        f"peak RSS {result['peak_rss_gb']:.2f} GB, compile+first step "
+        f"{result['compile_and_first_step_s']:.0f} s")
+
+
+if __name__ == "__main__":
+  cli.run(main)
