@@ -11,7 +11,7 @@ differentiable function; `reference` holds the dense oracle they are all tested 
 import dataclasses
 from typing import Any, Callable, Mapping
 
-import jax.numpy as jnp
+import numpy as np
 
 from lra import errors
 from lra.attention import common
@@ -81,7 +81,8 @@ class BoundAttention:
                   dropout_rng=dropout_rng)
     if self.uses_global:
       if global_mask is None:
-        global_mask = jnp.zeros(q.shape[:2], bool)
+        # numpy, not jnp: a constant stays concrete under jit, so no max_global is needed.
+        global_mask = np.zeros(q.shape[:2], bool)
       kwargs["global_mask"] = global_mask
       if global_qkv is not None:
         kwargs.update(zip(("global_q", "global_k", "global_v"), global_qkv))

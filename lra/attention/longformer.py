@@ -24,13 +24,25 @@ from lra.attention import common
 from lra.attention import sliding
 
 
-def _global_budget(is_global, max_global: int | None) -> int:
-  """The static number of global slots per row, checked against the mask when concrete."""
+def _concrete_counts(mask):
+  """Global tokens per row `[B]` of a concrete mask; None when it is traced (under jit)."""
   try:
-    counts = np.asarray(is_global).sum(axis=1)
+    return np.asarray(mask).astype(bool).sum(axis=1)
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    counts = None
+    return None
+
+
+def _global_budget(is_global, global_mask, max_global: int | None) -> int:
+  """The static number of global slots per row, checked against the mask when concrete.
+
+  `is_global` is `global_mask` less the padding. Under jit a traced padding mask makes it
+  traced even when `global_mask` itself is concrete (a constant, or no global tokens at
+  all): then the counts of `global_mask`, an upper bound, size the budget.
+  """
+  counts = _concrete_counts(is_global)
   if max_global is None:
+    if counts is None:
+      counts = _concrete_counts(global_mask)
     if counts is None:
       raise errors.ConfigError(
           "global_mask is traced (inside jax.jit), so the number of global tokens is not "
@@ -108,7 +120,8 @@ def longformer_attention(q, k, v, *, window: int, global_mask, dilation=1, globa
     dropout_rng: PRNG key, required when `dropout_rate > 0`.
     block_size: block size of the window part; None picks one.
     max_global: static number of global slots per row. Optional when `global_mask` is a
-      concrete array (then its largest row count); required under `jax.jit`.
+      concrete array (then its largest row count), even under `jax.jit`; required when
+      `global_mask` is traced (an argument of a jitted function).
 
   Returns:
     `[batch, length, heads, head_dim]` in the dtype of q.
@@ -131,7 +144,7 @@ def longformer_attention(q, k, v, *, window: int, global_mask, dilation=1, globa
         f"{None if global_mask is None else global_mask.shape}")
   real = jnp.ones(q.shape[:2], bool) if padding_mask is None else padding_mask.astype(bool)
   is_global = jnp.asarray(global_mask, bool) & real
-  budget = _global_budget(is_global, max_global)
+  budget = _global_budget(is_global, global_mask, max_global)
   rngs = [None] * 3 if dropout_rate == 0 else list(jax.random.split(dropout_rng, 3))
 
   out, lse = sliding.local_attention_with_lse(

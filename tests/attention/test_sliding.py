@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+from unittest import mock
 
 import chex
 import jax
@@ -32,34 +33,67 @@ CASES = [
 ]
 
 
+# Cases that also run eagerly (without jit): dilation mixed per head and causal, several
+# dilations with a length no block divides, and a window wider than the sequence. Every
+# case has padding with one row that is all padding.
+EAGER_CASES = [CASES[7], CASES[8], CASES[4]]
+BF16_CASES = [CASES[5], CASES[7], CASES[10]]
+
+
 def _dense(q, k, v, *, window, dilation, causal, padding_mask):
   mask = reference.pattern_mask(q.shape[1], window=window, dilation=dilation, causal=causal,
                                 num_heads=q.shape[2], padding_mask=padding_mask)
   return reference.dense_attention(q, k, v, mask=mask)
 
 
+@functools.partial(jax.jit, static_argnames=("window", "dilation", "causal"))
+def _dense_output_and_grads(q, k, v, padding_mask, *, window, dilation, causal):
+  """The oracle's output and gradients, in float32 (jitted only to save test time)."""
+  dense = functools.partial(_dense, window=window, dilation=dilation, causal=causal,
+                            padding_mask=padding_mask)
+  return cases.grads(dense, [x.astype(jnp.float32) for x in (q, k, v)])
+
+
 class SlidingVsDenseTest(chex.TestCase):
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(with_jit=True)
   @parameterized.parameters(*CASES)
   def test_matches_dense_float32(self, length, window, dilation, causal, block_size):
     self._check(length, window, dilation, causal, block_size, jnp.float32, cases.F32_TOL)
 
-  @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(CASES[5], CASES[7], CASES[10])
+  @chex.variants(without_jit=True)
+  @parameterized.parameters(*EAGER_CASES)
+  def test_matches_dense_float32_eagerly(self, length, window, dilation, causal, block_size):
+    self._check(length, window, dilation, causal, block_size, jnp.float32, cases.F32_TOL)
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(*BF16_CASES)
   def test_matches_dense_bfloat16(self, length, window, dilation, causal, block_size):
     self._check(length, window, dilation, causal, block_size, jnp.bfloat16, cases.BF16_TOL)
+
+  @chex.variants(without_jit=True)
+  @parameterized.parameters(BF16_CASES[2])
+  def test_matches_dense_bfloat16_eagerly(self, length, window, dilation, causal,
+                                          block_size):
+    self._check(length, window, dilation, causal, block_size, jnp.bfloat16, cases.BF16_TOL)
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(CASES[7], CASES[9])
+  def test_matches_dense_one_block_per_loop_step(self, length, window, dilation, causal,
+                                                 block_size):
+    """The chunk loop at its finest: gradients of overlapping windows add across steps."""
+    with mock.patch.object(sliding, "_CHUNK_SCORE_BUDGET", 1):
+      self.assertEqual(sliding.plan_band(length, window, causal, block_size, rows=12).chunk, 1)
+      self._check(length, window, dilation, causal, block_size, jnp.float32, cases.F32_TOL)
 
   def _check(self, length, window, dilation, causal, block_size, dtype, tol):
     q, k, v = cases.random_qkv(length, 3, length, 4, 8, dtype)
     padding_mask = cases.padding(length, 3, length, empty_row=True)
-    options = dict(window=window, dilation=dilation, causal=causal, padding_mask=padding_mask)
-    fast = self.variant(functools.partial(sliding.sliding_window_attention,
-                                          block_size=block_size, **options))
-    dense = functools.partial(_dense, **options)
-    out, grads = cases.grads(fast, (q, k, v))
-    expected_out, expected_grads = cases.grads(
-        dense, [x.astype(jnp.float32) for x in (q, k, v)])
+    options = dict(window=window, dilation=dilation, causal=causal)
+    fast = functools.partial(sliding.sliding_window_attention, block_size=block_size,
+                             padding_mask=padding_mask, **options)
+    out, grads = self.variant(lambda q, k, v: cases.grads(fast, (q, k, v)))(q, k, v)
+    expected_out, expected_grads = _dense_output_and_grads(q, k, v, padding_mask, **options)
     self.assertEqual(out.dtype, dtype)
     chex.assert_tree_all_finite((out, grads))
     chex.assert_trees_all_close(out.astype(jnp.float32), expected_out, **tol)
@@ -81,21 +115,21 @@ class MaskThroughGradientTest(chex.TestCase):
                                              block_size=4)
       return jnp.sum(out[:, query])
 
-    grad_k, grad_v = jax.grad(output_at_query, argnums=(0, 1))(k, v)
+    grad_k, grad_v = jax.jit(jax.grad(output_at_query, argnums=(0, 1)))(k, v)
     for grad in (grad_k, grad_v):
       np.testing.assert_array_equal(grad[:, query + 1:], 0.0)  # the future
       self.assertGreater(float(jnp.abs(grad[:, query]).sum()), 0.0)
     np.testing.assert_array_equal(
-        jax.grad(lambda k: jnp.sum(sliding.sliding_window_attention(
-            q, k, v, window=30, padding_mask=padding_mask)))(k)[:, 20:], 0.0)
+        jax.jit(jax.grad(lambda k: jnp.sum(sliding.sliding_window_attention(
+            q, k, v, window=30, padding_mask=padding_mask))))(k)[:, 20:], 0.0)
 
   def test_padded_queries_output_zero_and_no_nan(self):
     q, k, v = cases.random_qkv(1, 2, 17, 2, 4)
     padding_mask = jnp.zeros((2, 17), bool).at[0, :5].set(True)
-    out, grads = cases.grads(
+    out, grads = jax.jit(lambda q, k, v: cases.grads(
         lambda q, k, v: sliding.sliding_window_attention(q, k, v, window=3,
                                                          padding_mask=padding_mask),
-        (q, k, v))
+        (q, k, v)))(q, k, v)
     chex.assert_tree_all_finite((out, grads))
     np.testing.assert_array_equal(out[0, 5:], 0.0)
     np.testing.assert_array_equal(out[1], 0.0)
@@ -106,29 +140,35 @@ class MaskThroughGradientTest(chex.TestCase):
 class DropoutTest(chex.TestCase):
 
   def test_custom_backward_matches_autodiff_of_the_forward(self):
-    """With dropout, the recomputing backward equals plain autodiff of the same forward."""
+    """With dropout, the recomputing backward equals plain autodiff of the same forward.
+
+    Three loop steps of two blocks each, so that the dropout masks of different steps and
+    the gradients of windows overlapping across steps are both exercised.
+    """
     q, k, v = cases.random_qkv(2, 2, 23, 2, 4)
     padding_mask = cases.padding(2, 2, 23)
     plan = sliding.plan_band(23, 3, False, 4, rows=4, dropout_rate=0.3)
+    plan = dataclasses.replace(plan, chunk=2)
+    self.assertEqual(plan.num_chunks, 3)
     flat = [jnp.swapaxes(x, 1, 2).reshape(4, 23, 4) for x in (q, k, v)]
     flat = [sliding._pad_axis1(x, plan.length) for x in flat]
     mask = sliding._pad_axis1(jnp.repeat(padding_mask, 2, axis=0), plan.length, False)
     rng = jax.random.key(0)
     fast = lambda q, k, v: sliding.banded_attention(plan, q, k, v, mask, mask, rng)[0]
     plain = lambda q, k, v: sliding._banded_forward(plan, q, k, v, mask, mask, rng)[0]
-    out, grads = cases.grads(fast, flat)
-    expected_out, expected_grads = cases.grads(plain, flat)
+    out, grads = jax.jit(lambda *xs: cases.grads(fast, xs))(*flat)
+    expected_out, expected_grads = jax.jit(lambda *xs: cases.grads(plain, xs))(*flat)
     chex.assert_trees_all_close(out, expected_out, **cases.F32_TOL)
     chex.assert_trees_all_close(grads, expected_grads, **cases.F32_TOL)
-    no_dropout = sliding.banded_attention(dataclasses.replace(plan, dropout_rate=0.0),
-                                          *flat, mask, mask, None)[0]
+    no_dropout = jax.jit(lambda *xs: sliding.banded_attention(
+        dataclasses.replace(plan, dropout_rate=0.0), *xs, mask, mask, None)[0])(*flat)
     self.assertFalse(np.allclose(out, no_dropout))
 
   def test_dropout_is_unbiased(self):
     q, k, v = cases.random_qkv(3, 1, 16, 1, 4)
     exact = sliding.sliding_window_attention(q, k, v, window=3)
-    draws = jax.vmap(lambda key: sliding.sliding_window_attention(
-        q, k, v, window=3, dropout_rate=0.5, dropout_rng=key))(
+    draws = jax.jit(jax.vmap(lambda key: sliding.sliding_window_attention(
+        q, k, v, window=3, dropout_rate=0.5, dropout_rng=key)))(
             jax.random.split(jax.random.key(1), 2000))
     np.testing.assert_allclose(draws.mean(0), exact, atol=0.1)
 
