@@ -30,11 +30,21 @@ def tiny_config(cache_dir, spec="configs/listops.py:attention=longformer,size=ti
   return config
 
 
-def launch(args, **kwargs):
+def launch(args, log_path):
+  """Starts `python -m experiments.train`; its output goes to a file, so that a chatty run
+  can never block on a full pipe."""
+  log = open(log_path, "w")
   return subprocess.Popen(
       [sys.executable, "-m", "experiments.train", *args], cwd=REPO, text=True,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), **kwargs)
+      stdout=log, stderr=subprocess.STDOUT,
+      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+
+
+def finish(process, log_path, timeout=300):
+  """Waits for the run; returns its exit status and everything it printed."""
+  process.wait(timeout=timeout)
+  with open(log_path) as f:
+    return process.returncode, f.read()
 
 
 def cli_args(workdir, cache_dir, *extra, spec="configs/listops.py:attention=longformer,size=tiny"):
@@ -74,10 +84,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
   cache = tmp_path / "cache"
   extra = ("--config.num_train_steps=24", "--config.checkpoint_every_steps=4",
            "--config.log_every_steps=2", "--config.eval_every_steps=6")
-  reference = launch(cli_args(tmp_path / "reference", cache, *extra))
-  assert reference.wait(timeout=300) == 0, reference.stderr.read()
+  reference = launch(cli_args(tmp_path / "reference", cache, *extra), tmp_path / "ref.log")
+  status, out = finish(reference, tmp_path / "ref.log")
+  assert status == 0, out
 
-  killed = launch(cli_args(tmp_path / "killed", cache, *extra))
+  killed = launch(cli_args(tmp_path / "killed", cache, *extra), tmp_path / "killed.log")
   checkpoints = tmp_path / "killed" / "checkpoints"
   deadline = time.time() + 300
   while not (checkpoints.exists() and any(name.isdigit() and int(name) >= 8
@@ -89,9 +100,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
   killed.wait()
   assert not (tmp_path / "killed" / "results.json").exists()
 
-  resumed = launch(cli_args(tmp_path / "killed", cache, *extra))
-  out, err = resumed.communicate(timeout=300)
-  assert resumed.returncode == 0, err
+  resumed = launch(cli_args(tmp_path / "killed", cache, *extra), tmp_path / "resumed.log")
+  status, out = finish(resumed, tmp_path / "resumed.log")
+  assert status == 0, out
   assert "Resumed from the checkpoint at step" in out
   assert _comparable(tmp_path / "killed") == _comparable(tmp_path / "reference")
 
@@ -125,9 +136,9 @@ def test_same_batch_same_loss_on_one_and_four_devices(tmp_path):
 ])
 def test_bad_input_gets_one_clear_message(tmp_path, args, message):
   process = launch([*args, f"--workdir={tmp_path / 'run'}",
-                    f"--config.data_cache_dir={tmp_path / 'cache'}"])
-  _, err = process.communicate(timeout=120)
-  assert process.returncode == 2
+                    f"--config.data_cache_dir={tmp_path / 'cache'}"], tmp_path / "log")
+  status, err = finish(process, tmp_path / "log", timeout=120)
+  assert status == 2
   assert "Traceback" not in err
   assert f"error: " in err and message in err, err
 
@@ -139,9 +150,9 @@ def test_malformed_tsv_row_is_named(tmp_path):
     (folder / f"basic_{split}.tsv").write_text("Source\tTarget\n( [MAX 2 3 ] )\t3\n")
   (folder / "basic_val.tsv").write_text("Source\tTarget\n( [MAX 2 3 ] )\tthree\n")
   process = launch(cli_args(tmp_path / "run", tmp_path / "cache",
-                            f"--config.data_path={folder}"))
-  _, err = process.communicate(timeout=120)
-  assert process.returncode == 2 and "Traceback" not in err
+                            f"--config.data_path={folder}"), tmp_path / "log")
+  status, err = finish(process, tmp_path / "log", timeout=120)
+  assert status == 2 and "Traceback" not in err
   assert "basic_val.tsv" in err and "line 2" in err, err
 
 
@@ -156,8 +167,9 @@ def test_corrupted_checkpoint_is_named_and_kept(tmp_path):
         f.write(b"not a checkpoint")
   process = launch(cli_args(tmp_path / "run", tmp_path / "cache",
                             "--config.num_train_steps=2", "--config.checkpoint_every_steps=2",
-                            "--config.log_every_steps=1", "--config.eval_every_steps=2"))
-  _, err = process.communicate(timeout=120)
-  assert process.returncode == 2 and "Traceback" not in err, err
+                            "--config.log_every_steps=1", "--config.eval_every_steps=2"),
+                   tmp_path / "log")
+  status, err = finish(process, tmp_path / "log", timeout=120)
+  assert status == 2 and "Traceback" not in err, err
   assert "checkpoints/2" in err and "cannot be restored" in err, err
   assert state_dir.exists()  # nothing already written is lost
