@@ -28,11 +28,7 @@ def get_config(arg=None):
                           window=256, batch=32, steps=20000, warmup=8000,
                           learning_rate=0.05 / 8000 ** 0.5, log_every=100, eval_every=1000,
                           checkpoint_every=1000),
-          "small": Preset(layers=2, width=64, heads=4, mlp=128, max_length=1000, window=64,
-                          batch=32, steps=1000, warmup=100, learning_rate=1e-3,
-                          log_every=50, eval_every=200, checkpoint_every=200),
-          "tiny": Preset(layers=1, width=32, heads=2, mlp=64, max_length=256, window=8,
-                         batch=8, steps=4, warmup=2, learning_rate=1e-3, log_every=1,
-                         eval_every=2, checkpoint_every=2),
+          "small": config_utils.BYTE_TASK_SMALL,
+          "tiny": config_utils.BYTE_TASK_TINY,
       },
       val_fraction=0.1)  # share of the train reviews held out for validation

@@ -147,6 +147,15 @@ class Preset:
   checkpoint_every: int
 
 
+# The small and tiny scales of the byte-level tasks (Text, Retrieval).
+BYTE_TASK_SMALL = Preset(layers=2, width=64, heads=4, mlp=128, max_length=1000, window=64,
+                         batch=32, steps=1000, warmup=100, learning_rate=1e-3, log_every=50,
+                         eval_every=200, checkpoint_every=200)
+BYTE_TASK_TINY = Preset(layers=1, width=32, heads=2, mlp=64, max_length=256, window=8,
+                        batch=8, steps=4, warmup=2, learning_rate=1e-3, log_every=1,
+                        eval_every=2, checkpoint_every=2)
+
+
 def classification_config(task: str, arg: str | None, *, presets: dict[str, Preset],
                           kind: str = "classifier", pooling: str = "cls",
                           pos_emb: str = "sinusoidal", schedule: str = "rsqrt",
