@@ -140,7 +140,7 @@ def test_bad_input_gets_one_clear_message(tmp_path, args, message):
   status, err = finish(process, tmp_path / "log", timeout=120)
   assert status == 2
   assert "Traceback" not in err
-  assert f"error: " in err and message in err, err
+  assert "error: " in err and message in err, err
 
 
 def test_malformed_tsv_row_is_named(tmp_path):

@@ -7,7 +7,6 @@ is tested against these two functions; nothing else in the package builds an `L 
 
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
