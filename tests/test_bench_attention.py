@@ -1,9 +1,6 @@
 """The attention benchmark end to end at tiny sizes, its FLOP count, and its flag errors."""
 
 import csv
-import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -11,15 +8,12 @@ import pytest
 
 from experiments import bench_attention
 from lra import attention
+from tests import entry_points
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_bench(*args):
-  return subprocess.run(
-      [sys.executable, "-m", "experiments.bench_attention", *args], cwd=REPO, text=True,
-      capture_output=True, timeout=300,
-      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+  return entry_points.run_module("bench_attention", *args, timeout=300)
 
 
 @pytest.mark.parametrize("length,window,dilations,global_positions", [

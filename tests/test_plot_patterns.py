@@ -1,19 +1,12 @@
 """The attention-pattern figure end to end, and its flag errors."""
 
-import os
-import subprocess
-import sys
-
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import entry_points
 
 
 def run_plot(*args):
-  return subprocess.run(
-      [sys.executable, "-m", "experiments.plot_patterns", *args], cwd=REPO, text=True,
-      capture_output=True, timeout=120,
-      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+  return entry_points.run_module("plot_patterns", *args, timeout=120)
 
 
 def test_every_mechanism_draws_one_png(tmp_path):

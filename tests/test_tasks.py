@@ -8,8 +8,8 @@ import pytest
 from lra import config_utils
 from lra import train
 from tests.data import fixtures
+from tests.entry_points import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("full", "local", "dilated", "longformer")
 
 # config file -> writes the task's tiny dataset under a root, returns config.data_path.

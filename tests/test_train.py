@@ -17,7 +17,7 @@ from lra import data as lra_data
 from lra import input_pipeline
 from lra import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.entry_points import ENV, REPO
 # Fields of results.json that measure the machine, not the run.
 TIMING_FIELDS = ("steps_per_sec", "peak_memory_gb", "devices")
 
@@ -37,7 +37,7 @@ def launch(args, log_path):
   return subprocess.Popen(
       [sys.executable, "-m", "experiments.train", *args], cwd=REPO, text=True,
       stdout=log, stderr=subprocess.STDOUT,
-      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+      env=ENV)
 
 
 def finish(process, log_path, timeout=300):
