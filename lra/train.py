@@ -315,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"good checkpoint; lower optimizer.learning_rate or set optimizer.grad_clip and "
             f"relaunch (a relaunch on this workdir resumes from that checkpoint)")
       elapsed = time.time() - window_start
-      if step - int(host["steps"]) > start_step or start_step == 0:
+      if step - int(host["steps"]) > start_step:
         # Windows after the first (compilation) window measure the training speed.
         timed_steps += int(host["steps"])
         timed_seconds += elapsed
