@@ -6,7 +6,11 @@ exactly the batches of an uninterrupted one. Evaluation walks a whole split once
 the last batch with examples of weight 0.
 
 Every batch is cut to a bucketed length just above its longest sequence, so short batches
-cost less, while the few bucket lengths keep the number of compilations small.
+cost less, while the few bucket lengths keep the number of compilations small. Training
+batches are also grouped by length: each pool of `POOL_BATCHES` shuffled batches is sorted by
+length, cut into batches, and those are visited in a seeded random order. Without it a batch
+of random lengths is nearly always as long as the longest example (ListOps: 512 tokens
+where the mean is 290).
 """
 
 import functools
@@ -18,6 +22,8 @@ import numpy as np
 from lra.data import PAD_ID
 
 _MIN_BUCKET = 32
+# Batches drawn together and grouped by length; 1 would be a plain shuffle.
+POOL_BATCHES = 16
 
 
 def bucket_length(longest: int, width: int) -> int:
@@ -50,11 +56,35 @@ def num_examples(split: dict[str, np.ndarray]) -> int:
   return len(split["targets"])
 
 
-def train_iterator(split: dict[str, np.ndarray], *, batch_size: int,
-                   seed: int) -> grain.DatasetIterator:
-  """Endless shuffled batches; `get_state`/`set_state` make it resumable."""
-  dataset = (grain.MapDataset.range(num_examples(split)).shuffle(seed=seed).repeat(None)
-             .batch(batch_size, drop_remainder=True).map(functools.partial(_gather, split)))
+def _lengths(split: dict[str, np.ndarray]) -> np.ndarray:
+  """Real tokens of each example `[examples]` (the longer document of a pair)."""
+  fields = [values for name, values in split.items() if name.startswith("inputs")]
+  return np.max([np.sum(tokens != PAD_ID, axis=1) for tokens in fields], axis=0)
+
+
+def train_iterator(split: dict[str, np.ndarray], *, batch_size: int, seed: int,
+                   pool_batches: int = POOL_BATCHES) -> grain.DatasetIterator:
+  """Endless shuffled, length-grouped batches; `get_state`/`set_state` make it resumable.
+
+  Every epoch is reshuffled. Batch `b` is a pure function of (seed, b), so the iterator
+  state is one index.
+  """
+  # Example ids in a new random order every epoch; a pool is `pool_size` consecutive ones.
+  order = grain.MapDataset.range(num_examples(split)).shuffle(seed=seed).repeat(None)
+  lengths = _lengths(split)
+  pool_size = batch_size * pool_batches
+
+  @functools.lru_cache(maxsize=1)
+  def pool(index: int) -> np.ndarray:
+    """The batches of one pool, shortest first, in a seeded order `[pool_batches, batch]`."""
+    ids = np.array([order[index * pool_size + k] for k in range(pool_size)])
+    by_length = ids[np.argsort(lengths[ids], kind="stable")].reshape(pool_batches, batch_size)
+    return by_length[np.random.default_rng([seed, index]).permutation(pool_batches)]
+
+  def batch(b: int) -> dict[str, np.ndarray]:
+    return _gather(split, pool(b // pool_batches)[b % pool_batches])
+
+  dataset = grain.MapDataset.range(len(order) // pool_size * pool_batches).map(batch)
   return iter(dataset.to_iter_dataset())
 
 
