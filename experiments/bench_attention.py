@@ -450,41 +450,14 @@ def key_ratios(rows: list[dict]) -> list[str]:
 def plot(rows: list[dict], machine: dict, path: str) -> None:
   """Time and peak RSS against length, log-log, one line per mechanism."""
   # Imported here: the measuring subprocesses never plot, and would pay for the import.
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-
-  class _PlainLogFormatter(ticker.LogFormatter):
-    """Log-axis labels as plain numbers (0.3, not 3e-01), on the ticks matplotlib picks."""
-
-    def _num_to_string(self, x, vmin, vmax):
-      return f"{x:g}"
-
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
-  for name in dict.fromkeys(r["mechanism"] for r in rows):
-    done = [r for r in rows if r["mechanism"] == name and r["status"] == "ok"]
-    for ax, key in zip(axes, ("median_s", "peak_rss_gb")):
-      ax.plot([r["length"] for r in done], [r[key] for r in done], marker="o", label=name)
-  lengths = sorted({r["length"] for r in rows})
-  for ax, ylabel, title in zip(axes, ("seconds per step", "peak RSS (GB)"),
-                               ("forward + backward time", "peak memory")):
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(lengths, [str(n) for n in lengths])
-    ax.xaxis.set_minor_locator(ticker.NullLocator())
-    ax.yaxis.set_major_formatter(_PlainLogFormatter())
-    ax.yaxis.set_minor_formatter(_PlainLogFormatter(minor_thresholds=(1, 0.4)))
-    ax.set(xlabel="sequence length", ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3, which="both")
-  # One legend for both panels, below them, so that it never hides a line.
-  handles, labels = axes[0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
-  fig.suptitle(f"window {machine['window']}, {machine['heads']} heads x {machine['head_dim']}, "
-               f"batch {machine['batch']}, {machine['dtype']}, {machine['cpu']} "
-               f"({machine['cores']} cores)", fontsize=10)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  from lra import plotting  # pylint: disable=g-import-not-at-top
+  plotting.versus_length(
+      rows, path, name_key="mechanism",
+      panels=[("median_s", "seconds per step", "forward + backward time"),
+              ("peak_rss_gb", "peak RSS (GB)", "peak memory")],
+      title=f"window {machine['window']}, {machine['heads']} heads x {machine['head_dim']}, "
+            f"batch {machine['batch']}, {machine['dtype']}, {machine['cpu']} "
+            f"({machine['cores']} cores)")
 
 
 def write_outputs(rows: list[dict], machine: dict, matmul: dict, out: str) -> str:

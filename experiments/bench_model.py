@@ -5,7 +5,8 @@ r"""Training speed and memory of whole models: steps/s of a config's real train 
 
 Builds the model and optimizer of the config, then times its jitted train step on
 synthetic batches of random tokens at the config's full `max_length` (no data files are
-read), each measurement in a fresh process so that peak memory belongs to it alone.
+read; `--config.data.max_length=N` measures another length, `--config.batch_size=B` another
+batch), each measurement in a fresh process so that peak memory belongs to it alone.
 Prints steps/s, the wall-time estimate for the config's `num_train_steps`, and peak
 memory, and appends one JSON line per measurement to `--out/bench_model.jsonl`.
 """
@@ -31,13 +32,16 @@ _IN_PROCESS = flags.DEFINE_bool("in_process", False,
 flags.mark_flag_as_required("config")
 
 
+def _input_length(config) -> int:
+  """Tokens per sequence: the config's max_length, or every pixel of a Pathfinder image."""
+  return config.data.resolution ** 2 if config.task == "pathfinder" else config.data.max_length
+
+
 def _synthetic_batch(config, data):
   import numpy as np  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   fields = ["inputs1", "inputs2"] if config.model.kind == "dual_encoder" else ["inputs"]
-  length = config.data.max_length
-  if config.task == "pathfinder":
-    length = config.data.resolution ** 2
+  length = _input_length(config)
   batch = {name: rng.integers(1, data.vocab_size, (config.batch_size, length), np.int32)
            for name in fields}
   batch["targets"] = rng.integers(0, max(data.num_classes, 1), config.batch_size, np.int32)
@@ -75,7 +79,7 @@ def measure(config) -> dict:
   step_s = times[len(times) // 2]
   return {"task": config.task, "size": config.size, "attention": config.attention.name,
           "dilation": str(config.attention.get("dilation", "")),
-          "batch": config.batch_size, "layers": config.model.num_layers,
+          "batch": config.batch_size, "length": _input_length(config), "layers": config.model.num_layers,
           "width": config.model.emb_dim, "compile_and_first_step_s": compile_s,
           "median_step_s": step_s, "steps_per_sec": 1.0 / step_s,
           "estimated_hours": config.num_train_steps * step_s / 3600,
