@@ -11,6 +11,8 @@ differentiable function; `reference` holds the dense oracle they are all tested 
 import dataclasses
 from typing import Any, Callable, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lra import errors
@@ -30,10 +32,23 @@ __all__ = [
 
 def full_attention(q, k, v, *, causal: bool = False, padding_mask=None,
                    dropout_rate: float = 0., dropout_rng=None):
-  """Ordinary quadratic attention (every key, or every earlier key when causal)."""
-  mask = pattern_mask(q.shape[1], causal=causal, padding_mask=padding_mask)
-  return dense_attention(q, k, v, mask=mask, dropout_rate=dropout_rate,
-                         dropout_rng=dropout_rng)
+  """Ordinary quadratic attention (every key, or every earlier key when causal).
+
+  Runs XLA's `jax.nn.dot_product_attention` (float32 logits and softmax, no boolean
+  `[L, L]` pattern), so that comparisons against it are fair; with attention dropout,
+  which that function lacks, the masked dense path of `reference.py`.
+  """
+  if dropout_rate:
+    mask = pattern_mask(q.shape[1], causal=causal, padding_mask=padding_mask)
+    return dense_attention(q, k, v, mask=mask, dropout_rate=dropout_rate,
+                           dropout_rng=dropout_rng)
+  if padding_mask is None:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+  real = padding_mask.astype(bool)
+  out = jax.nn.dot_product_attention(q, k, v, mask=real[:, None, None, :], is_causal=causal,
+                                     implementation="xla")
+  # Padded queries: exactly 0 (a row with no real key would otherwise average everything).
+  return jnp.where(real[:, :, None, None], out, 0).astype(q.dtype)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
