@@ -201,3 +201,82 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
   config.optimizer.weight_decay = weight_decay if paper else 0.01
   config.optimizer.grad_clip = grad_clip if paper else 1.0
   return config
+
+
+# Character-level LM scales (Longformer §4 and App. B for `paper`: its small model).
+# Windows are one-sided and causal (each position sees `w` earlier ones) and grow with depth;
+# `layer_dilation` applies to the last `dilated_heads` heads of each layer (1 = none).
+_PAPER_WINDOWS = tuple(round(32 * 16 ** (layer / 11)) for layer in range(12))  # 32 ... 512
+CHARLM_PRESETS = {
+    "paper": dict(
+        layers=12, width=512, heads=8, mlp=2048, windows=_PAPER_WINDOWS,
+        layer_dilation=(1,) * 6 + (2, 2, 3, 3, 4, 4), dilated_heads=2, dropout=0.2,
+        phases=dict(steps=(430_000, 50_000, 50_000, 35_000, 5_000),
+                    seq_length=(2048, 4096, 8192, 16384, 23040),
+                    batch_size=(32, 32, 16, 16, 16), window_scale=(1, 2, 4, 8, 16),
+                    learning_rate=(2.5e-4, 1.25e-4, 6.25e-5, 3.125e-5, 1.5625e-5),
+                    warmup_steps=(10_000, 5_000, 5_000, 3_500, 500)),
+        evaluation=dict(length=23040, step=512, scored_length=512, max_chars=0),
+        eval_batch=4, log_every=100, eval_every=10_000, checkpoint_every=5_000),
+    "small": dict(
+        layers=4, width=128, heads=4, mlp=512, windows=(16, 32, 48, 64),
+        layer_dilation=(1, 1, 2, 2), dilated_heads=1, dropout=0.0,
+        phases=dict(steps=(1000, 500), seq_length=(256, 512), batch_size=(16, 8),
+                    window_scale=(1, 2), learning_rate=(2e-3, 1e-3), warmup_steps=(100, 50)),
+        evaluation=dict(length=512, step=256, scored_length=256, max_chars=100_000),
+        eval_batch=32, log_every=50, eval_every=500, checkpoint_every=250),
+    "tiny": dict(
+        layers=2, width=32, heads=2, mlp=64, windows=(4, 8), layer_dilation=(1, 2),
+        dilated_heads=1, dropout=0.0,
+        phases=dict(steps=(3, 3), seq_length=(16, 32), batch_size=(4, 2), window_scale=(1, 2),
+                    learning_rate=(1e-3, 5e-4), warmup_steps=(1, 1)),
+        evaluation=dict(length=32, step=16, scored_length=16, max_chars=400),
+        eval_batch=4, log_every=1, eval_every=3, checkpoint_every=3),
+}
+
+
+def charlm_config(data_format: str, arg: str | None) -> ml_collections.ConfigDict:
+  """A character-level LM config: `arg` takes size=paper|small|tiny."""
+  args = parse_arg(arg, size="paper")
+  preset = CHARLM_PRESETS[args.size]
+  config = base_config("charlm", args)
+  del config["batch_size"]  # per phase: phases.batch_size
+  config.data.format = data_format  # enwik8 | text8 (standard 90M/5M/5M split) | text (90/5/5)
+
+  config.model.kind = "causal_lm"
+  config.model.num_layers = preset["layers"]
+  config.model.emb_dim = preset["width"]
+  config.model.num_heads = preset["heads"]
+  config.model.mlp_dim = preset["mlp"]
+  config.model.windows = preset["windows"]  # one-sided causal window per layer (phase 1)
+  config.model.window_scale = 1  # multiplies the windows; set per phase by the trainer
+  config.model.layer_dilation = preset["layer_dilation"]  # dilation per layer (1 = none)
+  config.model.dilated_heads = preset["dilated_heads"]  # the last heads take that dilation
+  config.model.dropout_rate = preset["dropout"]
+  config.model.attention_dropout_rate = 0.0
+  config.model.pos_emb = "sinusoidal"  # see lra/models/lm.py for why absolute sinusoids
+  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  # Longest sequence the model accepts: the longest phase or evaluation window.
+  config.model.max_length = max(max(preset["phases"]["seq_length"]),
+                                preset["evaluation"]["length"])
+  config.attention = ml_collections.ConfigDict({"name": "local"})  # causal, per layer: model.*
+
+  # Staged training: one entry per phase. Each phase trains `steps` steps on crops of
+  # `seq_length` with `batch_size`, windows x `window_scale`, and `learning_rate` after a
+  # linear warmup of `warmup_steps`.
+  config.phases = ml_collections.ConfigDict(preset["phases"])
+  config.num_train_steps = sum(preset["phases"]["steps"])
+  # Bits per character over windows of `length`, `step` apart, each scoring its last
+  # `scored_length` predictions (the first window scores all); max_chars > 0 evaluates only
+  # the first max_chars characters of a split.
+  config.evaluation = ml_collections.ConfigDict(preset["evaluation"])
+  config.eval_batch_size = preset["eval_batch"]
+  config.log_every_steps = preset["log_every"]
+  config.eval_every_steps = preset["eval_every"]
+  config.checkpoint_every_steps = preset["checkpoint_every"]
+
+  config.optimizer.schedule = "phases"  # learning rates and warmups: config.phases
+  del config.optimizer["learning_rate"], config.optimizer["warmup_steps"]
+  config.optimizer.weight_decay = 0.01
+  config.optimizer.grad_clip = 0.25
+  return config

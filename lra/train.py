@@ -5,11 +5,17 @@ A workdir holds `config.json`, `vocab.json`, `metrics.jsonl` (one JSON object pe
 step), `checkpoints/` (train state + data iterator, for exact resume), `best/` (parameters
 of the best validation score), and at the end `results.json` and `curves.png`.
 
+Staged training (`config.phases`, character-level LM): each phase has its own sequence
+length, batch size, window scale and learning rate. The parameters are shared; each phase
+has its own model graph (its windows) and jitted steps, and step `i`'s phase follows from `i`
+alone, so resuming across a phase boundary is exact too.
+
 Relaunching on the same workdir resumes from the last checkpoint: the batches, dropout
 keys and metrics after it are those of an uninterrupted run. The test score is that of the
 best validation checkpoint, never of the last step.
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -34,30 +40,95 @@ from lra import errors
 from lra import input_pipeline
 from lra import models
 from lra import plotting
+from lra.data import charlm
 
-# The score that picks the best checkpoint, per model kind ("higher is better").
-_SELECTION_METRIC = "accuracy"
+# Summed metric -> the per-count average reported (e.g. correct predictions -> accuracy).
+_AVERAGES = {"loss": "loss", "correct": "accuracy", "bits": "bpc"}
+# The validation score that picks the best checkpoint: the first one a task reports, with
+# whether higher is better.
+_SELECTION = (("accuracy", True), ("bpc", False))
 
 
 def _check_config(config) -> None:
   for key in ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
               "log_every_steps", "batch_size", "eval_batch_size"):
-    if config[key] <= 0:
+    if key in config and config[key] <= 0:
       raise errors.ConfigError(f"config.{key} must be > 0, got {config[key]}")
   if config.checkpoint_every_steps % config.log_every_steps:
     raise errors.ConfigError(
         f"config.checkpoint_every_steps ({config.checkpoint_every_steps}) must be a multiple "
         f"of config.log_every_steps ({config.log_every_steps}), so that a resumed run logs "
         f"the same averages as an uninterrupted one")
-  for key in ("batch_size", "eval_batch_size"):
-    if config[key] % jax.device_count():
+  batch_sizes = {key: config[key] for key in ("batch_size", "eval_batch_size") if key in config}
+  if "phases" in config:
+    _check_phases(config)
+    batch_sizes.update({f"phases.batch_size[{i}]": b
+                        for i, b in enumerate(config.phases.batch_size)})
+  for key, size in batch_sizes.items():
+    if size % jax.device_count():
       raise errors.ConfigError(
-          f"config.{key}={config[key]} does not divide over {jax.device_count()} devices; "
+          f"config.{key}={size} does not divide over {jax.device_count()} devices; "
           f"use a multiple of {jax.device_count()}")
 
 
-def make_optimizer(opt, num_train_steps: int):
-  """AdamW with LRA's schedules and optional global-norm clipping; returns (tx, schedule)."""
+def _check_phases(config) -> None:
+  phases = config.phases
+  fields = ("steps", "seq_length", "batch_size", "window_scale", "learning_rate",
+            "warmup_steps")
+  counts = {key: len(phases[key]) for key in fields}
+  if len(set(counts.values())) != 1:
+    raise errors.ConfigError(
+        f"config.phases fields need one entry per phase; got {counts}")
+  if sum(phases.steps) != config.num_train_steps:
+    raise errors.ConfigError(
+        f"config.num_train_steps ({config.num_train_steps}) must equal the sum of "
+        f"config.phases.steps {tuple(phases.steps)} = {sum(phases.steps)}")
+  if max(phases.seq_length) > config.model.max_length:
+    raise errors.ConfigError(
+        f"config.phases.seq_length reaches {max(phases.seq_length)}, beyond "
+        f"config.model.max_length={config.model.max_length}")
+  charlm.check_evaluation(config.evaluation)
+
+
+def _phase_schedule(phases):
+  """Per phase: linear warmup over its `warmup_steps`, then its constant learning rate."""
+  ends = np.cumsum(phases.steps)
+  starts = jnp.asarray(ends - np.asarray(phases.steps))
+  rates = jnp.asarray(phases.learning_rate, jnp.float32)
+  warmups = jnp.maximum(jnp.asarray(phases.warmup_steps, jnp.float32), 1.0)
+
+  def schedule(count):  # count: updates done before this one
+    phase = jnp.minimum(jnp.searchsorted(jnp.asarray(ends), count, side="right"),
+                        len(ends) - 1)
+    into = (count - starts[phase] + 1).astype(jnp.float32)
+    return rates[phase] * jnp.minimum(1.0, into / warmups[phase])
+
+  return schedule
+
+
+def make_optimizer(config):
+  """AdamW with LRA's schedules (or per-phase rates) and optional global-norm clipping.
+
+  Returns (tx, schedule).
+  """
+  opt, num_train_steps = config.optimizer, config.num_train_steps
+  if opt.schedule == "phases":
+    if "phases" not in config:
+      raise errors.ConfigError("optimizer.schedule=phases needs config.phases")
+    schedule = _phase_schedule(config.phases)
+  else:
+    schedule = _single_schedule(opt, num_train_steps)
+  # Decay weight matrices only, not biases, LayerNorm scales or the CLS vector.
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                   weight_decay=opt.weight_decay, mask=decay_mask)
+  if opt.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), tx)
+  return tx, schedule
+
+
+def _single_schedule(opt, num_train_steps: int):
+  """LRA's schedules, from `opt.learning_rate` (the peak) and `opt.warmup_steps`."""
   peak, warmup = opt.learning_rate, max(opt.warmup_steps, 1)
   if opt.schedule == "rsqrt":
     # LRA: constant * linear_warmup * rsqrt_decay, written with its peak value.
@@ -70,14 +141,8 @@ def make_optimizer(opt, num_train_steps: int):
     schedule = optax.linear_schedule(0.0, peak, warmup)
   else:
     raise errors.ConfigError(
-        f"optimizer.schedule must be rsqrt, cosine or constant, got {opt.schedule!r}")
-  # Decay weight matrices only, not biases, LayerNorm scales or the CLS vector.
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                   weight_decay=opt.weight_decay, mask=decay_mask)
-  if opt.grad_clip > 0:
-    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), tx)
-  return tx, schedule
+        f"optimizer.schedule must be rsqrt, cosine, constant or phases, got {opt.schedule!r}")
+  return schedule
 
 
 class _Workdir:
@@ -192,12 +257,17 @@ def _peak_memory_gb() -> float:
 
 
 def _summarize(sums: dict[str, float]) -> dict[str, float]:
-  """Averages of summed metrics: loss and accuracy per example (or per token)."""
+  """Averages of summed metrics per example (or per token): loss, accuracy or bpc."""
   count = max(float(sums["count"]), 1.0)
-  out = {"loss": float(sums["loss"]) / count}
-  if "correct" in sums:
-    out["accuracy"] = float(sums["correct"]) / count
-  return out
+  return {name: float(sums[key]) / count for key, name in _AVERAGES.items() if key in sums}
+
+
+def _selection_metric(summary: dict[str, float]) -> tuple[str, float]:
+  """(name, score) of the metric that picks the best checkpoint; the higher score wins."""
+  for name, higher_is_better in _SELECTION:
+    if name in summary:
+      return name, summary[name] if higher_is_better else -summary[name]
+  return "loss", -summary["loss"]
 
 
 def _format_duration(seconds: float) -> str:
@@ -211,10 +281,28 @@ class Steps:
   """The initial train state and the jitted steps of one config on one device mesh."""
 
   state: dict[str, Any]  # {"step", "params", "opt_state"}, replicated over the mesh
-  train_step: Callable  # (state, batch) -> (state, summed metrics); donates the state
-  eval_step: Callable  # (params, batch) -> summed metrics
+  train_steps: list[Callable]  # per phase: (state, batch) -> (state, summed metrics);
+                               # donates the state
+  eval_steps: list[Callable]  # per phase: (params, batch) -> summed metrics
   schedule: Callable  # step -> learning rate
   num_params: int
+
+
+def phase_configs(config) -> list[ml_collections.ConfigDict]:
+  """One config per training phase (the config itself when it has no phases)."""
+  if "phases" not in config:
+    return [config]
+  configs = []
+  for scale in config.phases.window_scale:
+    phase = copy.deepcopy(config)
+    phase.model.window_scale = scale
+    configs.append(phase)
+  return configs
+
+
+def phase_of_step(config, step: int) -> int:
+  """The phase (index into `phase_configs`) of optimizer step `step` (1-based)."""
+  return charlm.phase_of(step, config.phases.steps) if "phases" in config else 0
 
 
 def build_steps(config, data: lra_data.TaskData, mesh) -> Steps:
@@ -223,14 +311,31 @@ def build_steps(config, data: lra_data.TaskData, mesh) -> Steps:
   batch_sharding = NamedSharding(mesh, P("data"))
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
 
-  model = models.build(config, data, nnx.Rngs(params=init_key))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  # The phases' models differ only in static attention options, not in parameters.
+  graphdefs = []
+  for phase_config in phase_configs(config):
+    model = models.build(phase_config, data, nnx.Rngs(params=init_key))
+    graphdef, phase_params, rest = nnx.split(model, nnx.Param, ...)
+    graphdefs.append((graphdef, rest))
+    if len(graphdefs) == 1:
+      params = phase_params
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-  tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
+  tx, schedule = make_optimizer(config)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
   # Optimizer states can share one buffer between leaves (zeros made once): copy every
   # leaf so that the donated state holds each buffer once.
   state = jax.device_put(jax.tree.map(lambda x: jnp.array(x, copy=True), state), replicated)
+  train_steps, eval_steps = [], []
+  for graphdef, rest in graphdefs:
+    train_step, eval_step = _jit_steps(graphdef, rest, tx, dropout_key, replicated,
+                                       batch_sharding)
+    train_steps.append(train_step)
+    eval_steps.append(eval_step)
+  return Steps(state, train_steps, eval_steps, schedule, num_params)
+
+
+def _jit_steps(graphdef, rest, tx, dropout_key, replicated, batch_sharding):
+  """The jitted train and eval steps of one model graph."""
 
   def metrics_fn(params, batch, deterministic, rng):
     model = nnx.merge(graphdef, params, rest)
@@ -256,7 +361,20 @@ def build_steps(config, data: lra_data.TaskData, mesh) -> Steps:
                        out_shardings=(replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(lambda params, batch: metrics_fn(params, batch, True, None),
                       in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-  return Steps(state, train_step, eval_step, schedule, num_params)
+  return train_step, eval_step
+
+
+def _pipelines(config, data: lra_data.TaskData):
+  """(train iterator, split name -> evaluation batches) of the task's kind of data."""
+  if data.num_classes == 0:  # a character stream
+    return (charlm.train_iterator(data.splits["train"]["tokens"], config.phases,
+                                  seed=config.seed),
+            lambda split: charlm.eval_batches(data.splits[split]["tokens"], config.evaluation,
+                                              batch_size=config.eval_batch_size))
+  return (input_pipeline.train_iterator(data.splits["train"], batch_size=config.batch_size,
+                                        seed=config.seed),
+          lambda split: input_pipeline.eval_batches(data.splits[split],
+                                                    batch_size=config.eval_batch_size))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -267,26 +385,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _write_json(run.file("vocab.json"), data.vocab)
 
   # Auto axes: XLA propagates the batch sharding through the model (data parallel).
-  # Auto axes: XLA propagates the batch sharding through the model (data parallel).
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   batch_sharding = NamedSharding(mesh, P("data"))
   steps = build_steps(config, data, mesh)
-  state, train_step, eval_step, schedule = (steps.state, steps.train_step, steps.eval_step,
-                                            steps.schedule)
+  state, schedule = steps.state, steps.schedule
+  train_iterator, eval_batches = _pipelines(config, data)
 
-  def evaluate(params, split: str) -> dict[str, float]:
+  def evaluate(params, split: str, phase: int) -> dict[str, float]:
     total = None
-    for batch in input_pipeline.eval_batches(data.splits[split],
-                                             batch_size=config.eval_batch_size):
-      sums = eval_step(params, jax.device_put(batch, batch_sharding))
+    for batch in eval_batches(split):
+      sums = steps.eval_steps[phase](params, jax.device_put(batch, batch_sharding))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     return _summarize(jax.device_get(total))
 
-  train_iterator = input_pipeline.train_iterator(
-      data.splits["train"], batch_size=config.batch_size, seed=config.seed)
   checkpoints = _Checkpoints(workdir)
-  progress = {"best_step": None, "best_value": None}
+  # best_value: the selection metric's value at best_step; best_score orders the values.
+  progress = {"best_step": None, "best_value": None, "best_score": None}
   restored = checkpoints.restore_latest(state, train_iterator)
   if restored is not None:
     state, progress = restored
@@ -299,8 +414,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"{jax.devices()[0].platform.upper()} device(s); workdir {workdir}", flush=True)
   sums, window_start, timed_steps, timed_seconds = None, time.time(), 0, 0.0
   for step in range(start_step + 1, config.num_train_steps + 1):
+    phase = phase_of_step(config, step)
     batch = jax.device_put(next(train_iterator), batch_sharding)
-    state, step_sums = train_step(state, batch)
+    state, step_sums = steps.train_steps[phase](state, batch)
     sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
     last = step == config.num_train_steps
 
@@ -325,36 +441,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 "learning_rate": float(schedule(step - 1)), "steps_per_sec": rate}
       run.log(record)
       eta = (config.num_train_steps - step) / max(rate, 1e-9)
-      accuracy = f" | accuracy {train['accuracy']:.3f}" if "accuracy" in train else ""
-      print(f"step {step}/{config.num_train_steps} | loss {train['loss']:.4f}{accuracy} | "
+      scores = "".join(f" | {k} {train[k]:.3f}" for k in ("accuracy", "bpc") if k in train)
+      print(f"step {step}/{config.num_train_steps} | loss {train['loss']:.4f}{scores} | "
             f"{rate:.2f} steps/s | ETA {_format_duration(eta)}", flush=True)
       sums, window_start = None, time.time()
 
     if step % config.eval_every_steps == 0 or last:
-      val = evaluate(state["params"], "val")
+      val = evaluate(state["params"], "val", phase)
       run.log({"step": step, **{f"val_{k}": v for k, v in val.items()}})
-      score = val.get(_SELECTION_METRIC, -val["loss"])
-      if progress["best_value"] is None or score > progress["best_value"]:
-        progress = {"best_step": step, "best_value": score}
+      metric, score = _selection_metric(val)
+      if progress["best_score"] is None or score > progress["best_score"]:
+        progress = {"best_step": step, "best_value": val[metric], "best_score": score}
         checkpoints.save_best(step, state["params"])
       print(f"  validation at step {step}: " +
             ", ".join(f"{k} {v:.4f}" for k, v in val.items()) +
-            f" (best {progress['best_value']:.4f} at step {progress['best_step']})", flush=True)
+            f" (best {metric} {progress['best_value']:.4f} at step "
+            f"{progress['best_step']})", flush=True)
       window_start = time.time()
 
     if step % config.checkpoint_every_steps == 0 or last:
       checkpoints.save(step, state, train_iterator, progress)
 
   best_step, best_params = checkpoints.restore_best(state["params"])
-  test = evaluate(best_params if best_params is not None else state["params"], "test")
+  if best_params is None:
+    best_step, best_params = int(state["step"]), state["params"]
+  # Tested with the model graph (windows) of the phase the best parameters come from.
+  test = evaluate(best_params, "test", phase_of_step(config, best_step))
   checkpoints.close()
+  metric, _ = _selection_metric(test)
   results = {
       "task": config.task,
       "attention": config.attention.name,
       **{f"test_{k}": v for k, v in test.items()},
       "best_val_step": best_step,
-      f"best_val_{_SELECTION_METRIC}": progress["best_value"],
-      "majority_class_rate": _majority_rate(data.splits["test"]),
+      f"best_val_{metric}": progress["best_value"],
+      **_baseline(data),
       "num_train_steps": config.num_train_steps,
       "steps_per_sec": timed_steps / timed_seconds if timed_seconds else None,
       "peak_memory_gb": _peak_memory_gb(),
@@ -367,8 +488,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
-def _majority_rate(split: dict[str, np.ndarray]) -> float | None:
-  targets = split.get("targets")
-  if targets is None or not len(targets):
-    return None
-  return float(np.bincount(targets).max() / len(targets))
+def _baseline(data: lra_data.TaskData) -> dict[str, float | None]:
+  """The score of a model that ignores its input, on the test split."""
+  test = data.splits["test"]
+  if data.num_classes == 0:
+    return {"unigram_entropy_bits": charlm.unigram_entropy_bits(test["tokens"])}
+  targets = test.get("targets")
+  rate = float(np.bincount(targets).max() / len(targets)) if len(targets) else None
+  return {"majority_class_rate": rate}

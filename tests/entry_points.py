@@ -1,5 +1,6 @@
 """Running the repo's entry points (`python -m experiments.<name>`) from tests."""
 
+import json
 import os
 import subprocess
 import sys
@@ -13,3 +14,31 @@ def run_module(name: str, *args: str, timeout: float):
   """Runs `python -m experiments.<name> args` from the repo root; returns the result."""
   return subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=REPO,
                         text=True, capture_output=True, timeout=timeout, env=ENV)
+
+
+# Fields of results.json that measure the machine, not the run.
+TIMING_FIELDS = ("steps_per_sec", "peak_memory_gb", "devices")
+
+
+def launch(args, log_path):
+  """Starts `python -m experiments.train`; its output goes to a file, so that a chatty run
+  can never block on a full pipe."""
+  log = open(log_path, "w")
+  return subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
+                          text=True, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+
+
+def finish(process, log_path, timeout=300):
+  """Waits for the run; returns its exit status and everything it printed."""
+  process.wait(timeout=timeout)
+  with open(log_path) as f:
+    return process.returncode, f.read()
+
+
+def comparable(workdir):
+  """A run's results and metrics without the timing fields, to compare two runs."""
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  for record in metrics:
+    record.pop("steps_per_sec", None)
+  return {k: v for k, v in results.items() if k not in TIMING_FIELDS}, metrics

@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import chex
@@ -17,9 +15,10 @@ from lra import data as lra_data
 from lra import input_pipeline
 from lra import train
 
-from tests.entry_points import ENV, REPO
-# Fields of results.json that measure the machine, not the run.
-TIMING_FIELDS = ("steps_per_sec", "peak_memory_gb", "devices")
+from tests.entry_points import REPO
+from tests.entry_points import comparable
+from tests.entry_points import finish
+from tests.entry_points import launch
 
 
 def tiny_config(cache_dir, spec="configs/listops.py:attention=longformer,size=tiny", **fields):
@@ -28,23 +27,6 @@ def tiny_config(cache_dir, spec="configs/listops.py:attention=longformer,size=ti
     config.data_cache_dir = str(cache_dir)
     config.update(fields)
   return config
-
-
-def launch(args, log_path):
-  """Starts `python -m experiments.train`; its output goes to a file, so that a chatty run
-  can never block on a full pipe."""
-  log = open(log_path, "w")
-  return subprocess.Popen(
-      [sys.executable, "-m", "experiments.train", *args], cwd=REPO, text=True,
-      stdout=log, stderr=subprocess.STDOUT,
-      env=ENV)
-
-
-def finish(process, log_path, timeout=300):
-  """Waits for the run; returns its exit status and everything it printed."""
-  process.wait(timeout=timeout)
-  with open(log_path) as f:
-    return process.returncode, f.read()
 
 
 def cli_args(workdir, cache_dir, *extra, spec="configs/listops.py:attention=longformer,size=tiny"):
@@ -72,14 +54,6 @@ def test_two_steps_write_every_output(tmp_path):
   assert json.load(open(run / "vocab.json"))[0] == "<pad>"
 
 
-def _comparable(workdir):
-  results = json.load(open(os.path.join(workdir, "results.json")))
-  metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  for record in metrics:
-    record.pop("steps_per_sec", None)
-  return {k: v for k, v in results.items() if k not in TIMING_FIELDS}, metrics
-
-
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
   cache = tmp_path / "cache"
   extra = ("--config.num_train_steps=24", "--config.checkpoint_every_steps=4",
@@ -104,7 +78,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
   status, out = finish(resumed, tmp_path / "resumed.log")
   assert status == 0, out
   assert "Resumed from the checkpoint at step" in out
-  assert _comparable(tmp_path / "killed") == _comparable(tmp_path / "reference")
+  assert comparable(tmp_path / "killed") == comparable(tmp_path / "reference")
 
 
 def test_same_batch_same_loss_on_one_and_four_devices(tmp_path):
@@ -118,8 +92,8 @@ def test_same_batch_same_loss_on_one_and_four_devices(tmp_path):
                              axis_types=(jax.sharding.AxisType.Auto,))
     steps = train.build_steps(config, data, mesh)
     sharded = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.P("data")))
-    eval_sums = steps.eval_step(steps.state["params"], sharded)
-    _, train_sums = steps.train_step(steps.state, sharded)
+    eval_sums = steps.eval_steps[0](steps.state["params"], sharded)
+    _, train_sums = steps.train_steps[0](steps.state, sharded)
     sums.append(jax.device_get((eval_sums, train_sums["loss"])))
   chex.assert_trees_all_close(sums[0], sums[1], rtol=1e-5)
 

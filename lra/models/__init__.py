@@ -11,10 +11,12 @@ from lra import errors
 from lra.data import TaskData
 from lra.models.classifier import Classifier
 from lra.models.classifier import DualEncoder
+from lra.models.lm import CausalLM
 
 MODELS = {
     "classifier": Classifier,
     "dual_encoder": DualEncoder,
+    "causal_lm": CausalLM,
 }
 
 

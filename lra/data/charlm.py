@@ -1,0 +1,162 @@
+"""Character-level language modelling data: enwik8, text8 or any text file, as bytes.
+
+`config.data_path` is the file itself: `enwik8` (the first 10^8 bytes of an English
+Wikipedia dump, http://mattmahoney.net/dc/enwik8.zip) or `text8` (10^8 characters of
+lower-cased a-z and space, http://mattmahoney.net/dc/text8.zip), unzipped; or, with
+`config.data.format = "text"`, any file. The vocabulary is the 256 byte values (id = byte),
+so nothing is ever unknown; language-model batches have no padding (PAD_ID plays no part).
+
+Splits follow the standard convention: the first 90M bytes train, the next 5M validation,
+the last 5M test for enwik8 and text8 (which must have exactly 10^8 bytes); 90% / 5% / 5%
+of any other file.
+
+Batches (all int32 `[batch, length]` plus float32 `weights`):
+  - training (`train_iterator`): random crops whose starts are a pure function of (seed,
+    step), with the length and batch size of the step's phase, so that the iterator state is
+    one index and resuming, across phase boundaries included, is exact;
+  - evaluation (`eval_batches`): windows of `length` characters, `step` apart, of which the
+    first scores every prediction and the others only their last `scored_length` ones, so
+    each character is scored at most once (exactly once when `scored_length == step`) and
+    with at least `length - scored_length` characters of context after the first window.
+"""
+
+import os
+from typing import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from lra import errors
+from lra.data import TaskData
+
+FORMATS = ("enwik8", "text8", "text")
+_STANDARD_BYTES = 100_000_000
+_STANDARD_SPLIT = (90_000_000, 5_000_000, 5_000_000)
+_SOURCES = {
+    "enwik8": "the enwik8 file unzipped from http://mattmahoney.net/dc/enwik8.zip",
+    "text8": "the text8 file unzipped from http://mattmahoney.net/dc/text8.zip",
+    "text": "a text file (any bytes; split 90/5/5)",
+}
+
+
+def split_bounds(num_bytes: int, data_format: str) -> list[tuple[int, int]]:
+  """`[start, end)` byte ranges of train, val and test."""
+  if data_format in ("enwik8", "text8"):
+    if num_bytes != _STANDARD_BYTES:
+      raise errors.DataError(
+          f"a standard {data_format} file has {_STANDARD_BYTES:,} bytes, this one has "
+          f"{num_bytes:,}; for another text set config.data.format=text (split 90/5/5)")
+    sizes = _STANDARD_SPLIT
+  else:
+    val = test = num_bytes // 20
+    sizes = (num_bytes - val - test, val, test)
+  bounds = np.cumsum((0,) + sizes)
+  return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+def load(config) -> TaskData:
+  """Reads `config.data_path` (the file) and splits it; see the module docstring."""
+  data_format = config.data.format
+  if data_format not in FORMATS:
+    raise errors.ConfigError(
+        f"config.data.format must be one of {', '.join(FORMATS)}, got {data_format!r}")
+  path = config.data_path
+  if path is None or not os.path.isfile(path):
+    raise errors.DataError(
+        f"config.data_path={path!r} is not a file; character-level language modelling reads "
+        f"{_SOURCES[data_format]}. Pass it with --config.data_path=PATH")
+  tokens = np.fromfile(path, np.uint8)
+  splits = {}
+  for name, (start, end) in zip(("train", "val", "test"), split_bounds(len(tokens),
+                                                                        data_format)):
+    splits[name] = {"tokens": tokens[start:end]}
+  longest = max(config.phases.seq_length) + 1
+  if len(splits["train"]["tokens"]) < longest:
+    raise errors.DataError(
+        f"{path}: its training split has {len(splits['train']['tokens']):,} bytes, fewer than "
+        f"one training crop of {longest:,}; use a larger file")
+  vocab = [bytes([b]).decode("latin-1") for b in range(256)]
+  return TaskData(splits=splits, vocab=vocab, num_classes=0)
+
+
+def unigram_entropy_bits(tokens: np.ndarray) -> float:
+  """Entropy of the byte frequencies of `tokens`, in bits per character."""
+  counts = np.bincount(tokens, minlength=256).astype(np.float64)
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log2(p)).sum())
+
+
+def phase_of(step: int, phase_steps: Sequence[int]) -> int:
+  """Index of the phase that optimizer step `step` (1-based) belongs to."""
+  return int(np.searchsorted(np.cumsum(phase_steps), step, side="left"))
+
+
+def _crops(tokens: np.ndarray, starts: np.ndarray, length: int) -> dict[str, np.ndarray]:
+  windows = np.stack([tokens[s:s + length + 1] for s in starts]).astype(np.int32)
+  return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
+          "weights": np.ones((len(starts), length), np.float32)}
+
+
+def train_iterator(tokens: np.ndarray, phases, *, seed: int) -> grain.DatasetIterator:
+  """Batch `i` (for optimizer step `i + 1`): random crops of step `i + 1`'s phase."""
+  steps = list(phases.steps)
+
+  def batch(index: int) -> dict[str, np.ndarray]:
+    phase = phase_of(index + 1, steps)
+    length, size = phases.seq_length[phase], phases.batch_size[phase]
+    starts = np.random.default_rng([seed, index]).integers(0, len(tokens) - length, size)
+    return _crops(tokens, starts, length)
+
+  return iter(grain.MapDataset.range(sum(steps)).map(batch).to_iter_dataset())
+
+
+def eval_windows(num_tokens: int, length: int, step: int,
+                 scored_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """Starts `[windows]` and scored-prediction weights `[windows, length]` of a split.
+
+  Prediction `j` of the window at `s` is of character `s + j + 1` from those up to it.
+  """
+  predictions = num_tokens - 1
+  if predictions < 1:
+    raise errors.DataError("an evaluation split needs at least 2 characters")
+  length = min(length, predictions)
+  starts = list(range(0, predictions - length + 1, step))
+  if starts[-1] + length < predictions:  # a last window flush with the end
+    starts.append(predictions - length)
+  weights = np.zeros((len(starts), length), np.float32)
+  weights[0] = 1.0
+  scored_until = length  # predictions [0, scored_until) are scored
+  for row, start in enumerate(starts[1:], start=1):
+    first = max(start + length - scored_length, scored_until)
+    weights[row, first - start:] = 1.0
+    scored_until = start + length
+  return np.array(starts), weights
+
+
+def eval_batches(tokens: np.ndarray, evaluation, *,
+                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Scored windows over (the first `evaluation.max_chars` characters of) a split."""
+  if evaluation.max_chars:
+    tokens = tokens[:evaluation.max_chars]
+  starts, weights = eval_windows(len(tokens), evaluation.length, evaluation.step,
+                                 evaluation.scored_length)
+  length = weights.shape[1]
+  for first in range(0, len(starts), batch_size):
+    rows = np.arange(first, first + batch_size)
+    real = rows < len(starts)
+    rows = np.where(real, rows, 0)
+    batch = _crops(tokens, starts[rows], length)
+    batch["weights"] = weights[rows] * real[:, None]
+    yield batch
+
+
+def check_evaluation(evaluation) -> None:
+  if not 0 < evaluation.step <= evaluation.length:
+    raise errors.ConfigError(
+        f"evaluation.step must be in [1, evaluation.length={evaluation.length}], got "
+        f"{evaluation.step}")
+  if not 0 < evaluation.scored_length <= evaluation.step:
+    raise errors.ConfigError(
+        f"evaluation.scored_length must be in [1, evaluation.step={evaluation.step}] (a larger "
+        f"one would score characters twice), got {evaluation.scored_length}")
+
