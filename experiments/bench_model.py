@@ -6,7 +6,8 @@ r"""Training speed and memory of whole models: steps/s of a config's real train 
 Builds the model and optimizer of the config, then times its jitted train step on
 synthetic batches of random tokens at the config's full `max_length` (no data files are
 read; `--config.data.max_length=N` measures another length, `--config.batch_size=B` another
-batch), each measurement in a fresh process so that peak memory belongs to it alone.
+batch; a language model runs at its first phase's length and batch), each measurement in a
+fresh process so that peak memory belongs to it alone.
 Prints steps/s, the wall-time estimate for the config's `num_train_steps`, and peak
 memory, and appends one JSON line per measurement to `--out/bench_model.jsonl`.
 """
@@ -33,19 +34,29 @@ flags.mark_flag_as_required("config")
 
 
 def _input_length(config) -> int:
-  """Tokens per sequence: the config's max_length, or every pixel of a Pathfinder image."""
+  """Tokens per sequence: the config's max_length, every pixel of a Pathfinder image, or the
+  first phase's crops of a language model."""
+  if "phases" in config:
+    return config.phases.seq_length[0]
   return config.data.resolution ** 2 if config.task == "pathfinder" else config.data.max_length
+
+
+def _batch_size(config) -> int:
+  return config.phases.batch_size[0] if "phases" in config else config.batch_size
 
 
 def _synthetic_batch(config, data):
   import numpy as np  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   fields = ["inputs1", "inputs2"] if config.model.kind == "dual_encoder" else ["inputs"]
-  length = _input_length(config)
-  batch = {name: rng.integers(1, data.vocab_size, (config.batch_size, length), np.int32)
-           for name in fields}
-  batch["targets"] = rng.integers(0, max(data.num_classes, 1), config.batch_size, np.int32)
-  batch["weights"] = np.ones(config.batch_size, np.float32)
+  shape = (_batch_size(config), _input_length(config))
+  batch = {name: rng.integers(1, data.vocab_size, shape, np.int32) for name in fields}
+  if data.num_classes:
+    batch["targets"] = rng.integers(0, data.num_classes, shape[0], np.int32)
+    batch["weights"] = np.ones(shape[0], np.float32)
+  else:  # next-token prediction at every position
+    batch["targets"] = rng.integers(0, data.vocab_size, shape, np.int32)
+    batch["weights"] = np.ones(shape, np.float32)
   return batch
 
 
@@ -55,10 +66,9 @@ def measure(config) -> dict:
   from lra import data as lra_data  # pylint: disable=g-import-not-at-top
   from lra import train  # pylint: disable=g-import-not-at-top
 
-  vocab = {"listops": 16, "pathfinder": 257}.get(config.task, 257)
-  data = lra_data.TaskData(splits={}, vocab=["<pad>"] * vocab,
-                           num_classes=2 if config.task in ("text", "retrieval",
-                                                            "pathfinder") else 10)
+  vocab = {"listops": 16, "pathfinder": 257, "charlm": 256}.get(config.task, 257)
+  num_classes = {"text": 2, "retrieval": 2, "pathfinder": 2, "charlm": 0}.get(config.task, 10)
+  data = lra_data.TaskData(splits={}, vocab=["<pad>"] * vocab, num_classes=num_classes)
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   steps = train.build_steps(config, data, mesh)
@@ -79,7 +89,8 @@ def measure(config) -> dict:
   step_s = times[len(times) // 2]
   return {"task": config.task, "size": config.size, "attention": config.attention.name,
           "dilation": str(config.attention.get("dilation", "")),
-          "batch": config.batch_size, "length": _input_length(config), "layers": config.model.num_layers,
+          "batch": _batch_size(config), "length": _input_length(config),
+          "layers": config.model.num_layers,
           "width": config.model.emb_dim, "compile_and_first_step_s": compile_s,
           "median_step_s": step_s, "steps_per_sec": 1.0 / step_s,
           "estimated_hours": config.num_train_steps * step_s / 3600,

@@ -206,7 +206,8 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
 # Character-level LM scales (Longformer §4 and App. B for `paper`: its small model).
 # Windows are one-sided and causal (each position sees `w` earlier ones) and grow with depth;
 # `layer_dilation` applies to the last `dilated_heads` heads of each layer (1 = none).
-_PAPER_WINDOWS = tuple(round(32 * 16 ** (layer / 11)) for layer in range(12))  # 32 ... 512
+# The paper's phase-1 windows: 32 at the bottom to 512 at the top, geometric in between.
+_PAPER_WINDOWS = tuple(round(32 * 16 ** (layer / 11)) for layer in range(12))
 CHARLM_PRESETS = {
     "paper": dict(
         layers=12, width=512, heads=8, mlp=2048, windows=_PAPER_WINDOWS,
@@ -216,15 +217,15 @@ CHARLM_PRESETS = {
                     batch_size=(32, 32, 16, 16, 16), window_scale=(1, 2, 4, 8, 16),
                     learning_rate=(2.5e-4, 1.25e-4, 6.25e-5, 3.125e-5, 1.5625e-5),
                     warmup_steps=(10_000, 5_000, 5_000, 3_500, 500)),
-        evaluation=dict(length=23040, step=512, scored_length=512, max_chars=0),
+        evaluation=dict(length=32256, step=512, scored_length=512, max_chars=0),
         eval_batch=4, log_every=100, eval_every=10_000, checkpoint_every=5_000),
     "small": dict(
         layers=4, width=128, heads=4, mlp=512, windows=(16, 32, 48, 64),
         layer_dilation=(1, 1, 2, 2), dilated_heads=1, dropout=0.0,
-        phases=dict(steps=(1000, 500), seq_length=(256, 512), batch_size=(16, 8),
-                    window_scale=(1, 2), learning_rate=(2e-3, 1e-3), warmup_steps=(100, 50)),
+        phases=dict(steps=(400, 150), seq_length=(256, 512), batch_size=(16, 8),
+                    window_scale=(1, 2), learning_rate=(2e-3, 1e-3), warmup_steps=(40, 15)),
         evaluation=dict(length=512, step=256, scored_length=256, max_chars=100_000),
-        eval_batch=32, log_every=50, eval_every=500, checkpoint_every=250),
+        eval_batch=32, log_every=25, eval_every=200, checkpoint_every=100),
     "tiny": dict(
         layers=2, width=32, heads=2, mlp=64, windows=(4, 8), layer_dilation=(1, 2),
         dilated_heads=1, dropout=0.0,
@@ -241,7 +242,7 @@ def charlm_config(data_format: str, arg: str | None) -> ml_collections.ConfigDic
   preset = CHARLM_PRESETS[args.size]
   config = base_config("charlm", args)
   del config["batch_size"]  # per phase: phases.batch_size
-  config.data.format = data_format  # enwik8 | text8 (standard 90M/5M/5M split) | text (90/5/5)
+  config.data.format = data_format  # enwik8 | text8 | text (any file); all split 90/5/5
 
   config.model.kind = "causal_lm"
   config.model.num_layers = preset["layers"]
@@ -254,11 +255,8 @@ def charlm_config(data_format: str, arg: str | None) -> ml_collections.ConfigDic
   config.model.dilated_heads = preset["dilated_heads"]  # the last heads take that dilation
   config.model.dropout_rate = preset["dropout"]
   config.model.attention_dropout_rate = 0.0
-  config.model.pos_emb = "sinusoidal"  # see lra/models/lm.py for why absolute sinusoids
+  config.model.pos_emb = "rotary"  # relative positions, any length: see lra/models/lm.py
   config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-  # Longest sequence the model accepts: the longest phase or evaluation window.
-  config.model.max_length = max(max(preset["phases"]["seq_length"]),
-                                preset["evaluation"]["length"])
   config.attention = ml_collections.ConfigDict({"name": "local"})  # causal, per layer: model.*
 
   # Staged training: one entry per phase. Each phase trains `steps` steps on crops of

@@ -22,7 +22,7 @@ import math
 import os
 import resource
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,10 +83,6 @@ def _check_phases(config) -> None:
     raise errors.ConfigError(
         f"config.num_train_steps ({config.num_train_steps}) must equal the sum of "
         f"config.phases.steps {tuple(phases.steps)} = {sum(phases.steps)}")
-  if max(phases.seq_length) > config.model.max_length:
-    raise errors.ConfigError(
-        f"config.phases.seq_length reaches {max(phases.seq_length)}, beyond "
-        f"config.model.max_length={config.model.max_length}")
   charlm.check_evaluation(config.evaluation)
 
 
@@ -262,12 +258,12 @@ def _summarize(sums: dict[str, float]) -> dict[str, float]:
   return {name: float(sums[key]) / count for key, name in _AVERAGES.items() if key in sums}
 
 
-def _selection_metric(summary: dict[str, float]) -> tuple[str, float]:
-  """(name, score) of the metric that picks the best checkpoint; the higher score wins."""
+def _selection_metric(summary: dict[str, float]) -> tuple[str, bool]:
+  """(name, higher is better) of the metric that picks the best checkpoint."""
   for name, higher_is_better in _SELECTION:
     if name in summary:
-      return name, summary[name] if higher_is_better else -summary[name]
-  return "loss", -summary["loss"]
+      return name, higher_is_better
+  return "loss", False
 
 
 def _format_duration(seconds: float) -> str:
@@ -364,17 +360,41 @@ def _jit_steps(graphdef, rest, tx, dropout_key, replicated, batch_sharding):
   return train_step, eval_step
 
 
-def _pipelines(config, data: lra_data.TaskData):
-  """(train iterator, split name -> evaluation batches) of the task's kind of data."""
-  if data.num_classes == 0:  # a character stream
-    return (charlm.train_iterator(data.splits["train"]["tokens"], config.phases,
-                                  seed=config.seed),
-            lambda split: charlm.eval_batches(data.splits[split]["tokens"], config.evaluation,
-                                              batch_size=config.eval_batch_size))
-  return (input_pipeline.train_iterator(data.splits["train"], batch_size=config.batch_size,
-                                        seed=config.seed),
-          lambda split: input_pipeline.eval_batches(data.splits[split],
-                                                    batch_size=config.eval_batch_size))
+class _Pipelines(NamedTuple):
+  """A task's data as the trainer consumes it."""
+
+  train: grain.DatasetIterator  # batches of steps 1, 2, ...; checkpointed with the state
+  evaluation: Callable  # (split name, phase) -> iterator of evaluation batches
+  baseline: dict[str, float | None]  # test score of a model that ignores its input
+
+
+def _classification_pipelines(config, data: lra_data.TaskData) -> _Pipelines:
+  targets = data.splits["test"].get("targets")
+  majority = (float(np.bincount(targets).max() / len(targets))
+              if targets is not None and len(targets) else None)
+  return _Pipelines(
+      input_pipeline.train_iterator(data.splits["train"], batch_size=config.batch_size,
+                                    seed=config.seed),
+      lambda split, phase: input_pipeline.eval_batches(data.splits[split],
+                                                       batch_size=config.eval_batch_size),
+      {"majority_class_rate": majority})
+
+
+def _charlm_pipelines(config, data: lra_data.TaskData) -> _Pipelines:
+  return _Pipelines(
+      charlm.train_iterator(data.splits["train"]["tokens"], config.phases, seed=config.seed),
+      lambda split, phase: charlm.eval_batches(data.splits[split]["tokens"], config.evaluation,
+                                               batch_size=config.eval_batch_size),
+      {"unigram_entropy_bits": charlm.unigram_entropy_bits(data.splits["test"]["tokens"])})
+
+
+# Training and evaluation data by model kind: classifiers read examples, language models a
+# character stream.
+_PIPELINES = {
+    "classifier": _classification_pipelines,
+    "dual_encoder": _classification_pipelines,
+    "causal_lm": _charlm_pipelines,
+}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -390,18 +410,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batch_sharding = NamedSharding(mesh, P("data"))
   steps = build_steps(config, data, mesh)
   state, schedule = steps.state, steps.schedule
-  train_iterator, eval_batches = _pipelines(config, data)
+  pipelines = _PIPELINES[config.model.kind](config, data)
+  train_iterator = pipelines.train
 
   def evaluate(params, split: str, phase: int) -> dict[str, float]:
     total = None
-    for batch in eval_batches(split):
+    for batch in pipelines.evaluation(split, phase):
       sums = steps.eval_steps[phase](params, jax.device_put(batch, batch_sharding))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     return _summarize(jax.device_get(total))
 
   checkpoints = _Checkpoints(workdir)
-  # best_value: the selection metric's value at best_step; best_score orders the values.
-  progress = {"best_step": None, "best_value": None, "best_score": None}
+  progress = {"best_step": None, "best_value": None}  # of the selection metric
   restored = checkpoints.restore_latest(state, train_iterator)
   if restored is not None:
     state, progress = restored
@@ -449,9 +469,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if step % config.eval_every_steps == 0 or last:
       val = evaluate(state["params"], "val", phase)
       run.log({"step": step, **{f"val_{k}": v for k, v in val.items()}})
-      metric, score = _selection_metric(val)
-      if progress["best_score"] is None or score > progress["best_score"]:
-        progress = {"best_step": step, "best_value": val[metric], "best_score": score}
+      metric, higher_is_better = _selection_metric(val)
+      best = progress["best_value"]
+      if best is None or (val[metric] > best if higher_is_better else val[metric] < best):
+        progress = {"best_step": step, "best_value": val[metric]}
         checkpoints.save_best(step, state["params"])
       print(f"  validation at step {step}: " +
             ", ".join(f"{k} {v:.4f}" for k, v in val.items()) +
@@ -475,7 +496,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       **{f"test_{k}": v for k, v in test.items()},
       "best_val_step": best_step,
       f"best_val_{metric}": progress["best_value"],
-      **_baseline(data),
+      **pipelines.baseline,
       "num_train_steps": config.num_train_steps,
       "steps_per_sec": timed_steps / timed_seconds if timed_seconds else None,
       "peak_memory_gb": _peak_memory_gb(),
@@ -487,12 +508,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                            title=f"{config.task} / {config.attention.name}")
   return results
 
-
-def _baseline(data: lra_data.TaskData) -> dict[str, float | None]:
-  """The score of a model that ignores its input, on the test split."""
-  test = data.splits["test"]
-  if data.num_classes == 0:
-    return {"unigram_entropy_bits": charlm.unigram_entropy_bits(test["tokens"])}
-  targets = test.get("targets")
-  rate = float(np.bincount(targets).max() / len(targets)) if len(targets) else None
-  return {"majority_class_rate": rate}

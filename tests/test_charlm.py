@@ -1,13 +1,12 @@
-"""Character-level LM: causality through gradients, data splits, evaluation windows, staged
-training (schedule, windows, lengths, resume across a phase boundary), BPC end to end."""
+"""Character-level LM training: the staged schedule (windows, lengths, batches and learning
+rates per phase), BPC end to end, and resume across a phase boundary. Causality is tested in
+tests/models/test_lm.py, the data in tests/data/test_charlm.py."""
 
 import json
 import os
 import signal
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -17,91 +16,35 @@ from lra import errors
 from lra import train
 from lra.data import charlm
 from lra.models.lm import CausalLM
+from tests.data import fixtures
 from tests.entry_points import REPO
 from tests.entry_points import comparable
 from tests.entry_points import finish
 from tests.entry_points import launch
 
-_WORDS = ("the of and to in a is that for it as was with be by on not he this are or his "
-          "from at which but have an they you were her she there been one all we their").split()
 
-
-def _text_file(path, words=6000, seed=0):
-  rng = np.random.default_rng(seed)
-  path.write_text(" ".join(rng.choice(_WORDS, words)) + "\n")
-  return str(path)
-
-
-def _config(data_path="", arg="size=tiny", **model):
-  config = config_utils.load_config(os.path.join(REPO, f"configs/enwik8.py:{arg}"))
+def _config(data_path):
+  config = config_utils.load_config(os.path.join(REPO, "configs/enwik8.py:size=tiny"))
   with config.unlocked():
     config.data_path = data_path
     config.data.format = "text"
-    config.model.update(model)
   return config
 
 
-@pytest.mark.parametrize("windows, layer_dilation, dilated_heads", [
-    ((1, 1), (1, 1), 0),
-    ((2, 5), (1, 2), 1),
-    ((3, 2), (3, 2), 2),
-    ((4, 4), (4, 1), 1),
-])
-def test_loss_at_t_has_zero_gradient_from_inputs_after_t(windows, layer_dilation,
-                                                         dilated_heads):
-  config = _config(windows=windows, layer_dilation=layer_dilation, dilated_heads=dilated_heads)
-  model = CausalLM(config, vocab_size=256, num_classes=0, rngs=nnx.Rngs(0))
-  length = 23
-  x = jax.random.normal(jax.random.key(1), (1, length, config.model.emb_dim))
-  targets = jax.random.randint(jax.random.key(2), (1, length), 0, 256)
-
-  def loss_at(x, t):
-    logits = model.logits_from_embeddings(x)
-    return -jax.nn.log_softmax(logits[0, t])[targets[0, t]]
-
-  for t in (0, 6, 13, length - 1):
-    grad = jax.grad(loss_at)(x, t)[0]  # [length, emb]
-    assert jnp.all(grad[t + 1:] == 0), f"loss at {t} depends on a later input"
-    assert jnp.any(grad[t] != 0)
-
-
-def test_split_bounds():
-  assert charlm.split_bounds(100_000_000, "enwik8") == [
-      (0, 90_000_000), (90_000_000, 95_000_000), (95_000_000, 100_000_000)]
-  assert charlm.split_bounds(1000, "text") == [(0, 900), (900, 950), (950, 1000)]
-  with pytest.raises(errors.DataError, match="config.data.format=text"):
-    charlm.split_bounds(1000, "text8")
-
-
-def test_missing_file_names_where_to_get_it(tmp_path):
-  config = _config(str(tmp_path / "enwik8"))
-  with config.unlocked():
-    config.data.format = "enwik8"
-  with pytest.raises(errors.DataError, match=r"enwik8.*mattmahoney.net/dc/enwik8.zip"):
-    charlm.load(config)
-
-
-@pytest.mark.parametrize("num_tokens, length, step, scored", [
-    (100, 16, 8, 8), (101, 16, 5, 5), (17, 16, 8, 8), (10, 16, 8, 8), (200, 32, 10, 4)])
-def test_eval_windows_score_each_character_at_most_once(num_tokens, length, step, scored):
-  starts, weights = charlm.eval_windows(num_tokens, length, step, scored)
-  predictions = num_tokens - 1
-  assert starts.min() >= 0 and starts.max() + weights.shape[1] <= predictions
-  times_scored = np.zeros(predictions)
-  for start, row in zip(starts, weights):
-    times_scored[start:start + len(row)] += row
-  assert times_scored.max() == 1
-  if scored == step:
-    assert times_scored.min() == 1  # every character scored exactly once
-  # After the first window, a scored prediction has at least length - scored of context.
-  for start, row in zip(starts[1:], weights[1:]):
-    assert np.all(np.nonzero(row)[0] >= len(row) - scored)
+def _expected_learning_rate(phases, count: int) -> float:
+  """The rate of update `count + 1`: its phase's, after the phase's linear warmup."""
+  ends = np.cumsum(phases.steps)
+  phase = int(np.searchsorted(ends, count + 1))
+  into = count + 1 - (ends[phase] - phases.steps[phase])
+  return phases.learning_rate[phase] * min(1.0, into / phases.warmup_steps[phase])
 
 
 def test_staged_schedule_windows_lengths_batches_and_learning_rates(tmp_path):
-  config = _config(_text_file(tmp_path / "text.txt"))
+  config = _config(fixtures.write_text(tmp_path))
+  with config.unlocked():  # longer phases, so that warmups show
+    config.phases.update(steps=(5, 4), warmup_steps=(3, 2))
+    config.num_train_steps = 9
   phases = config.phases
-  ends = np.cumsum(phases.steps)
   # Windows per layer, per phase: the base windows times the phase's scale.
   for phase_config, scale in zip(train.phase_configs(config), phases.window_scale):
     model = CausalLM(phase_config, vocab_size=256, num_classes=0, rngs=nnx.Rngs(0))
@@ -112,30 +55,37 @@ def test_staged_schedule_windows_lengths_batches_and_learning_rates(tmp_path):
   iterator = charlm.train_iterator(data.splits["train"]["tokens"], phases, seed=0)
   for step in range(1, config.num_train_steps + 1):
     phase = train.phase_of_step(config, step)
-    assert phase == np.searchsorted(ends, step)
+    assert phase == (0 if step <= 5 else 1)
     batch = next(iterator)
     assert batch["inputs"].shape == (phases.batch_size[phase], phases.seq_length[phase])
-    np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
   # Learning rate: each phase's own, after its warmup.
   _, schedule = train.make_optimizer(config)
-  for count in range(config.num_train_steps):
-    phase = int(np.searchsorted(ends, count + 1))
-    start = ends[phase] - phases.steps[phase]
-    expected = phases.learning_rate[phase] * min(1, (count - start + 1) /
-                                                 phases.warmup_steps[phase])
-    assert float(schedule(count)) == pytest.approx(expected)
+  rates = [float(schedule(count)) for count in range(config.num_train_steps)]
+  np.testing.assert_allclose(rates, [_expected_learning_rate(phases, c) for c in range(9)],
+                             rtol=1e-6)
+  lr0, lr1 = phases.learning_rate
+  np.testing.assert_allclose(rates, [lr0 / 3, 2 * lr0 / 3, lr0, lr0, lr0, lr1 / 2, lr1, lr1,
+                                     lr1], rtol=1e-6)
 
 
-def test_phases_must_add_up(tmp_path):
-  config = _config(_text_file(tmp_path / "text.txt"))
+@pytest.mark.parametrize("field, value, message", [
+    ("num_train_steps", 5, "must equal the sum of config.phases.steps"),
+    ("phases.batch_size", (4, 2, 2), "one entry per phase"),
+    ("phases.batch_size", (4, 3), r"phases.batch_size\[1\]=3 does not divide over"),
+])
+def test_bad_phases_are_config_errors(tmp_path, field, value, message):
+  config = _config(fixtures.write_text(tmp_path))
   with config.unlocked():
-    config.num_train_steps = 5
-  with pytest.raises(errors.ConfigError, match="must equal the sum of config.phases.steps"):
+    if field.startswith("phases."):
+      config.phases[field.split(".")[1]] = value
+    else:
+      config[field] = value
+  with pytest.raises(errors.ConfigError, match=message):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_tiny_lm_trains_evaluates_bpc_and_resumes_across_a_phase_boundary(tmp_path):
-  text = _text_file(tmp_path / "text.txt", words=20000)
+  text = fixtures.write_text(tmp_path, num_words=20000)
   # Two phases of 6 steps, checkpoints only at the boundary (6) and the end (12): a run
   # killed after the first one resumes from the phase boundary.
   extra = ["--config=configs/enwik8.py:size=tiny", f"--config.data_path={text}",
@@ -145,11 +95,23 @@ def test_tiny_lm_trains_evaluates_bpc_and_resumes_across_a_phase_boundary(tmp_pa
   reference = launch([*extra, f"--workdir={tmp_path / 'reference'}"], tmp_path / "ref.log")
   status, out = finish(reference, tmp_path / "ref.log")
   assert status == 0, out
+  assert "bpc" in out
   results = json.load(open(tmp_path / "reference" / "results.json"))
   assert 0 < results["test_bpc"] < 8 and results["best_val_bpc"] > 0
+  assert results["test_loss"] == pytest.approx(results["test_bpc"] * np.log(2))
+  assert results["best_val_step"] in (6, 12)
   assert results["unigram_entropy_bits"] == pytest.approx(charlm.unigram_entropy_bits(
       np.fromfile(text, np.uint8)[-(os.path.getsize(text) // 20):]))
   assert (tmp_path / "reference" / "curves.png").exists()
+  # The learning rate logged at every other step is its phase's.
+  config = _config(text)
+  with config.unlocked():
+    config.phases.steps = (6, 6)
+  for line in open(tmp_path / "reference" / "metrics.jsonl"):
+    record = json.loads(line)
+    if "learning_rate" in record:
+      assert record["learning_rate"] == pytest.approx(
+          _expected_learning_rate(config.phases, record["step"] - 1))
 
   killed = launch([*extra, f"--workdir={tmp_path / 'killed'}"], tmp_path / "killed.log")
   checkpoints = tmp_path / "killed" / "checkpoints"

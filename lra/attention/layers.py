@@ -3,10 +3,25 @@
 from typing import Any, Mapping
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lra import attention as attention_lib
 from lra import errors
+
+
+def rotary(x_BxLxHxD):
+  """Rotates each pair of features (i, i + D/2) of position p by p * 10000^(-2i/D) (RoPE,
+  Su et al. 2021), so that q . k depends on positions only through their offset."""
+  length, head_dim = x_BxLxHxD.shape[1], x_BxLxHxD.shape[-1]
+  if head_dim % 2:
+    raise errors.ConfigError(f"rotary positions need an even head dimension, got {head_dim}")
+  frequency = 10000.0 ** (-np.arange(head_dim // 2) / (head_dim // 2))
+  angle_1xLx1xD = jnp.asarray(np.arange(length)[None, :, None, None] * frequency, jnp.float32)
+  cos, sin = jnp.cos(angle_1xLx1xD), jnp.sin(angle_1xLx1xD)  # D here is head_dim / 2
+  x1, x2 = jnp.split(x_BxLxHxD.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin],
+                         axis=-1).astype(x_BxLxHxD.dtype)
 
 
 class SelfAttention(nnx.Module):
@@ -17,17 +32,23 @@ class SelfAttention(nnx.Module):
   ones, as the Longformer paper prescribes.
 
   Parameters are float32; `dtype` is the compute dtype of the projections and of the
-  attention inputs (softmax is float32 whatever it is).
+  attention inputs (softmax is float32 whatever it is). With `rotary_positions`, queries
+  and keys carry their positions by rotation (`rotary`): relative position information,
+  for models without position embeddings.
   """
 
   def __init__(self, features: int, num_heads: int, *, attention: Mapping[str, Any],
-               dropout_rate: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+               dropout_rate: float = 0.0, dtype=jnp.float32, rotary_positions: bool = False,
+               rngs: nnx.Rngs):
     if features % num_heads:
       raise errors.ConfigError(
           f"features ({features}) must be a multiple of num_heads ({num_heads})")
     self.core = attention_lib.build(attention, num_heads)
+    if rotary_positions and self.core.uses_global:
+      raise errors.ConfigError("rotary positions are not supported with global tokens")
     self.num_heads = num_heads
     self.dropout_rate = dropout_rate
+    self.rotary_positions = rotary_positions
     head_dim = features // num_heads
 
     def projection():
@@ -64,6 +85,8 @@ class SelfAttention(nnx.Module):
         raise errors.ConfigError("attention dropout needs rngs=nnx.Rngs(dropout=key)")
       dropout_rng = rngs.dropout()
     q, k, v = self.query(x_BxLxE), self.key(x_BxLxE), self.value(x_BxLxE)
+    if self.rotary_positions:
+      q, k = rotary(q), rotary(k)
     global_qkv = None
     if self.core.uses_global and global_mask is not None:
       global_qkv = (self.query_global(x_BxLxE), self.key_global(x_BxLxE),

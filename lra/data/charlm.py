@@ -7,8 +7,8 @@ lower-cased a-z and space, http://mattmahoney.net/dc/text8.zip), unzipped; or, w
 so nothing is ever unknown; language-model batches have no padding (PAD_ID plays no part).
 
 Splits follow the standard convention: the first 90M bytes train, the next 5M validation,
-the last 5M test for enwik8 and text8 (which must have exactly 10^8 bytes); 90% / 5% / 5%
-of any other file.
+the last 5M test for enwik8 and text8; 90% / 5% / 5% of any other file (or of an enwik8 or
+text8 file that is not the standard 10^8 bytes, with a warning).
 
 Batches (all int32 `[batch, length]` plus float32 `weights`):
   - training (`train_iterator`): random crops whose starts are a pure function of (seed,
@@ -25,13 +25,13 @@ from typing import Iterator, Sequence
 
 import grain
 import numpy as np
+from absl import logging
 
 from lra import errors
 from lra.data import TaskData
 
 FORMATS = ("enwik8", "text8", "text")
-_STANDARD_BYTES = 100_000_000
-_STANDARD_SPLIT = (90_000_000, 5_000_000, 5_000_000)
+_STANDARD_BYTES = 100_000_000  # enwik8 and text8: 90M train, 5M validation, 5M test
 _SOURCES = {
     "enwik8": "the enwik8 file unzipped from http://mattmahoney.net/dc/enwik8.zip",
     "text8": "the text8 file unzipped from http://mattmahoney.net/dc/text8.zip",
@@ -39,18 +39,13 @@ _SOURCES = {
 }
 
 
-def split_bounds(num_bytes: int, data_format: str) -> list[tuple[int, int]]:
-  """`[start, end)` byte ranges of train, val and test."""
-  if data_format in ("enwik8", "text8"):
-    if num_bytes != _STANDARD_BYTES:
-      raise errors.DataError(
-          f"a standard {data_format} file has {_STANDARD_BYTES:,} bytes, this one has "
-          f"{num_bytes:,}; for another text set config.data.format=text (split 90/5/5)")
-    sizes = _STANDARD_SPLIT
-  else:
-    val = test = num_bytes // 20
-    sizes = (num_bytes - val - test, val, test)
-  bounds = np.cumsum((0,) + sizes)
+def split_bounds(num_bytes: int) -> list[tuple[int, int]]:
+  """`[start, end)` byte ranges of train, val and test: 90% / 5% / 5%.
+
+  For the standard 10^8-byte files that is exactly 90M / 5M / 5M.
+  """
+  val = test = num_bytes // 20
+  bounds = np.cumsum((0, num_bytes - val - test, val, test))
   return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
@@ -66,10 +61,15 @@ def load(config) -> TaskData:
         f"config.data_path={path!r} is not a file; character-level language modelling reads "
         f"{_SOURCES[data_format]}. Pass it with --config.data_path=PATH")
   tokens = np.fromfile(path, np.uint8)
-  splits = {}
-  for name, (start, end) in zip(("train", "val", "test"), split_bounds(len(tokens),
-                                                                        data_format)):
-    splits[name] = {"tokens": tokens[start:end]}
+  if tokens[:4].tobytes() == b"PK\x03\x04":
+    raise errors.DataError(f"{path} is a zip archive; unzip it and pass the file inside: "
+                           f"{_SOURCES[data_format]}")
+  if data_format != "text" and len(tokens) != _STANDARD_BYTES:
+    logging.warning("%s has %d bytes, not the %d of the standard %s file: split 90/5/5 in "
+                    "proportion, results are not comparable with published ones", path,
+                    len(tokens), _STANDARD_BYTES, data_format)
+  splits = {name: {"tokens": tokens[start:end]}
+            for name, (start, end) in zip(("train", "val", "test"), split_bounds(len(tokens)))}
   longest = max(config.phases.seq_length) + 1
   if len(splits["train"]["tokens"]) < longest:
     raise errors.DataError(

@@ -71,10 +71,12 @@ class EncoderBlock(nnx.Module):
   """x + Attention(LN(x)), then x + Mlp(LN(x)), each with dropout on the residual branch."""
 
   def __init__(self, *, features: int, num_heads: int, mlp_dim: int, attention: Mapping,
-               dropout_rate: float, attention_dropout_rate: float, dtype, rngs: nnx.Rngs):
+               dropout_rate: float, attention_dropout_rate: float, dtype,
+               rotary_positions: bool = False, rngs: nnx.Rngs):
     self.attention_norm = nnx.LayerNorm(features, dtype=dtype, rngs=rngs)
     self.attention = SelfAttention(features, num_heads, attention=attention,
-                                   dropout_rate=attention_dropout_rate, dtype=dtype, rngs=rngs)
+                                   dropout_rate=attention_dropout_rate, dtype=dtype,
+                                   rotary_positions=rotary_positions, rngs=rngs)
     self.mlp_norm = nnx.LayerNorm(features, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(features, mlp_dim, dropout_rate, dtype, rngs)
     self.dropout = nnx.Dropout(dropout_rate)
@@ -91,22 +93,24 @@ class Encoder(nnx.Module):
   """Token + position embedding, pre-LN blocks, final LayerNorm.
 
   `model` holds num_layers, emb_dim, num_heads, mlp_dim, dropout_rate,
-  attention_dropout_rate, pos_emb ('sinusoidal' | 'learned'), dtype; `attention` the
-  registry config (window and dilation may vary per layer).
+  attention_dropout_rate, pos_emb ('sinusoidal' | 'learned' tables added to the embeddings,
+  at most `max_length` positions; or 'rotary': relative positions inside attention, any
+  length), dtype; `attention` the registry config (window and dilation may vary per layer).
   """
 
   def __init__(self, model, attention: Mapping[str, Any], *, vocab_size: int,
-               max_length: int, rngs: nnx.Rngs):
+               max_length: int | None, rngs: nnx.Rngs):
     self.dtype = compute_dtype(model.dtype)
     self.embed = nnx.Embed(vocab_size, model.emb_dim, dtype=self.dtype, rngs=rngs)
+    self.positions = None
     if model.pos_emb == "learned":
       self.positions = nnx.Param(
           jax.random.normal(rngs.params(), (max_length, model.emb_dim)) * 0.02)
     elif model.pos_emb == "sinusoidal":
       self.positions = nnx.Variable(jnp.asarray(sinusoidal_positions(max_length, model.emb_dim)))
-    else:
+    elif model.pos_emb != "rotary":
       raise errors.ConfigError(
-          f"model.pos_emb must be 'sinusoidal' or 'learned', got {model.pos_emb!r}")
+          f"model.pos_emb must be 'sinusoidal', 'learned' or 'rotary', got {model.pos_emb!r}")
     self.max_length = max_length
     self.dropout = nnx.Dropout(model.dropout_rate)
     self.blocks = nnx.List([
@@ -115,7 +119,7 @@ class Encoder(nnx.Module):
                      attention=layer_attention(attention, layer, model.num_layers),
                      dropout_rate=model.dropout_rate,
                      attention_dropout_rate=model.attention_dropout_rate, dtype=self.dtype,
-                     rngs=rngs)
+                     rotary_positions=model.pos_emb == "rotary", rngs=rngs)
         for layer in range(model.num_layers)
     ])
     self.final_norm = nnx.LayerNorm(model.emb_dim, dtype=self.dtype, rngs=rngs)
@@ -126,11 +130,13 @@ class Encoder(nnx.Module):
   def __call__(self, x_BxLxE, *, padding_mask, global_mask=None, deterministic: bool = True,
                rngs=None):
     """Encodes embeddings `[batch, length, emb]` (see `embed_tokens`); same shape out."""
-    length = x_BxLxE.shape[1]
-    if length > self.max_length:
-      raise errors.ConfigError(
-          f"sequence of length {length} exceeds the model's max_length {self.max_length}")
-    x = x_BxLxE + self.positions[...][None, :length].astype(x_BxLxE.dtype)
+    x = x_BxLxE
+    if self.positions is not None:
+      length = x.shape[1]
+      if length > self.max_length:
+        raise errors.ConfigError(
+            f"sequence of length {length} exceeds the model's max_length {self.max_length}")
+      x = x + self.positions[...][None, :length].astype(x.dtype)
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     for block in self.blocks:
       x = block(x, padding_mask=padding_mask, global_mask=global_mask,

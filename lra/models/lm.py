@@ -6,13 +6,16 @@ training doubles `window_scale` per phase), and the last `model.dilated_heads` h
 layer `i` use dilation `model.layer_dilation[i]` (1 = none), as the paper's dilation on
 2 heads of the upper layers.
 
-Positions are fixed sinusoids added to the embeddings. The paper used Transformer-XL's
-relative sinusoidal encoding; absolute sinusoids are simpler and serve causal local
-attention well here because a layer only compares a query with keys at most a window away,
-where the sinusoids of the two positions differ by a rotation that depends on their offset
-alone, and training crops start anywhere in the text, so no position is tied to content.
-The price: evaluation windows longer than the training sequences meet position values not
-seen in training, so configs evaluate at the last phase's length or shorter.
+Positions are relative, as in the paper (which used Transformer-XL's relative sinusoidal
+encoding): rotary embeddings (RoPE) rotate queries and keys by sinusoidal angles of their
+positions, so attention scores depend on the offset between query and key alone. That suits
+causal local attention: a query only ever compares itself with keys a window away, training
+crops start anywhere in the text, and evaluation windows longer than the training crops
+(the paper's 32,256 characters after training at 23,040; in staged training every phase
+lengthens the crops) meet no untrained absolute positions. Absolute sinusoids fail exactly
+there: positions past the training length are never seen (in a small run, validation on
+512-character windows after training on 256 gave 5.5 BPC against 2.0 in training), and each
+phase change to longer crops sets training back (train BPC 1.98 -> 3.15 at that boundary).
 """
 
 import jax.numpy as jnp
@@ -50,9 +53,12 @@ class CausalLM(nnx.Module):
 
   def __init__(self, config, *, vocab_size: int, num_classes: int, rngs: nnx.Rngs):
     del num_classes  # language modelling predicts the vocabulary
+    if config.model.pos_emb != "rotary":
+      raise errors.ConfigError(
+          f"the causal LM takes model.pos_emb='rotary' (relative positions, any length), "
+          f"got {config.model.pos_emb!r}")
     self.encoder = Encoder(config.model, layer_attention_configs(config.model),
-                           vocab_size=vocab_size, max_length=config.model.max_length,
-                           rngs=rngs)
+                           vocab_size=vocab_size, max_length=None, rngs=rngs)
     self.head = nnx.Linear(config.model.emb_dim, vocab_size, dtype=self.encoder.dtype,
                            rngs=rngs)
 

@@ -173,3 +173,18 @@ def write_pathfinder(root, num_images: int = 40, resolution: int = 32,
   with open(os.path.join(base, folder, "metadata", "0.npy"), "w") as f:
     f.writelines(lines)
   return base
+
+
+_COMMON_WORDS = ("the of and to in a is that for it as was with be by on not he this are or "
+                 "his from at which but have an they you were her she there been one all we "
+                 "their").split()
+
+
+def write_text(root, num_words: int = 6000, seed: int = 0) -> str:
+  """A character-level LM text file of random common words (about 4 bytes per word)."""
+  os.makedirs(root, exist_ok=True)
+  path = os.path.join(root, "text.txt")
+  rng = np.random.default_rng(seed)
+  with open(path, "w") as f:
+    f.write(" ".join(rng.choice(_COMMON_WORDS, num_words)) + "\n")
+  return path
