@@ -102,15 +102,15 @@ class Encoder(nnx.Module):
                max_length: int | None, rngs: nnx.Rngs):
     self.dtype = compute_dtype(model.dtype)
     self.embed = nnx.Embed(vocab_size, model.emb_dim, dtype=self.dtype, rngs=rngs)
-    self.positions = None
+    positions = None  # rotary: inside the attention layers
     if model.pos_emb == "learned":
-      self.positions = nnx.Param(
-          jax.random.normal(rngs.params(), (max_length, model.emb_dim)) * 0.02)
+      positions = nnx.Param(jax.random.normal(rngs.params(), (max_length, model.emb_dim)) * 0.02)
     elif model.pos_emb == "sinusoidal":
-      self.positions = nnx.Variable(jnp.asarray(sinusoidal_positions(max_length, model.emb_dim)))
+      positions = nnx.Variable(jnp.asarray(sinusoidal_positions(max_length, model.emb_dim)))
     elif model.pos_emb != "rotary":
       raise errors.ConfigError(
           f"model.pos_emb must be 'sinusoidal', 'learned' or 'rotary', got {model.pos_emb!r}")
+    self.positions = positions
     self.max_length = max_length
     self.dropout = nnx.Dropout(model.dropout_rate)
     self.blocks = nnx.List([
