@@ -23,10 +23,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from lra import train  # after flag parsing: importing JAX is slow
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  for key in ("test_accuracy", "test_bpc"):
+  # Test score -> the score of a model that ignores its input.
+  baselines = {"test_accuracy": ("majority_class_rate", "majority class"),
+               "test_bpc": ("unigram_entropy_bits", "unigram entropy")}
+  for key, (baseline_key, label) in baselines.items():
     if results.get(key) is not None:
-      baseline = results.get("majority_class_rate")
-      extra = f" (majority class: {baseline:.3f})" if baseline is not None else ""
+      baseline = results.get(baseline_key)
+      extra = f" ({label}: {baseline:.3f})" if baseline is not None else ""
       print(f"{key.replace('_', ' ')}: {results[key]:.4f}{extra}")
   print(f"results: {_WORKDIR.value}/results.json")
 

@@ -95,7 +95,7 @@ def test_tiny_lm_trains_evaluates_bpc_and_resumes_across_a_phase_boundary(tmp_pa
   reference = launch([*extra, f"--workdir={tmp_path / 'reference'}"], tmp_path / "ref.log")
   status, out = finish(reference, tmp_path / "ref.log")
   assert status == 0, out
-  assert "bpc" in out
+  assert "test bpc: " in out and "(unigram entropy: " in out
   results = json.load(open(tmp_path / "reference" / "results.json"))
   assert 0 < results["test_bpc"] < 8 and results["best_val_bpc"] > 0
   assert results["test_loss"] == pytest.approx(results["test_bpc"] * np.log(2))
