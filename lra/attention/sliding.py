@@ -139,22 +139,32 @@ def _to_blocks(x, plan: BandPlan):
   return x.reshape(x.shape[0], plan.num_blocks, plan.block, *x.shape[2:])
 
 
+def _heads_first(x_NxMxBxH):
+  """`[N, m, b, H, ...]` -> `[N, m, H, b, ...]` (and back: the map is its own inverse)."""
+  return jnp.swapaxes(x_NxMxBxH, 2, 3)
+
+
 class _Chunk:
-  """Inputs and scores of one chunk of query blocks (shared by forward and backward)."""
+  """Inputs and scores of one chunk of query blocks (shared by forward and backward).
+
+  Arrays keep the caller's `[N, L, H, D]` layout; scores are `[N, m, H, b, keys]`. Only the
+  small per-chunk operands are laid out head-major for the matmuls, so no head-major copy
+  of a whole q, k, v or gradient is ever made.
+  """
 
   def __init__(self, plan: BandPlan, q, k_blocks, v_blocks, key_mask_blocks, chunk_index):
     b, m = plan.block, plan.chunk
     self.plan = plan
     self.start = chunk_index * m * b
-    self.q = self.rows(q)  # [N, m, b, D]
+    self.q = self.rows(q)  # [N, m, b, H, D]
     self.blocks, valid = _key_blocks(chunk_index, plan)
-    self.k = _window(k_blocks, self.blocks)  # [N, m, keys, D]
+    self.k = _window(k_blocks, self.blocks)  # [N, m, keys, H, D]
     self.v = _window(v_blocks, self.blocks)
     key_valid = _window(key_mask_blocks, self.blocks) & jnp.repeat(valid, b, axis=1)[None]
-    # [N, m, b, keys]: inside the window band, and the key exists and is not masked.
-    self.mask = _band_mask(plan)[None, None] & key_valid[:, :, None, :]
+    # [N, m, 1, b, keys]: inside the window band, and the key exists and is not masked.
+    self.mask = _band_mask(plan)[None, None, None] & key_valid[:, :, None, None, :]
     self.scale = 1.0 / math.sqrt(q.shape[-1])
-    self.logits = jnp.einsum("nmqd,nmkd->nmqk", self.q, self.k,
+    self.logits = jnp.einsum("nmqhd,nmkhd->nmhqk", self.q, self.k,
                              preferred_element_type=jnp.float32) * self.scale
 
   def rows(self, x_NxL):
@@ -175,7 +185,7 @@ class _Chunk:
 
 
 def _banded_forward(plan: BandPlan, q, k, v, query_mask, key_mask, rng):
-  """Forward pass; returns the output `[N, L, D]` and the row log-sum-exp `[N, L]`."""
+  """Forward pass; returns the output `[N, L, H, D]` and the row log-sum-exp `[N, L, H]`."""
   k_blocks, v_blocks = _to_blocks(k, plan), _to_blocks(v, plan)
   key_mask_blocks = _to_blocks(key_mask, plan)
 
@@ -185,18 +195,19 @@ def _banded_forward(plan: BandPlan, q, k, v, query_mask, key_mask, rng):
     row_max = jnp.max(jnp.where(c.mask, c.logits, -jnp.inf), axis=-1, keepdims=True)
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     probs = jnp.where(c.mask, jnp.exp(c.logits - row_max), 0.0)  # unnormalised
-    total = jnp.sum(probs, axis=-1)  # [N, m, b]
+    total = jnp.sum(probs, axis=-1)  # [N, m, H, b]
     chunk_lse = jnp.where(total > 0, row_max[..., 0] + jnp.log(total), common.EMPTY_ROW_LSE)
     if plan.dropout_rate:
       keep = c.keep_mask(rng, chunk_index, probs.shape)
       probs = jnp.where(keep, probs / (1.0 - plan.dropout_rate), 0.0)
-    chunk_out = jnp.einsum("nmqk,nmkd->nmqd", probs.astype(v.dtype), c.v,
+    chunk_out = jnp.einsum("nmhqk,nmkhd->nmhqd", probs.astype(v.dtype), c.v,
                            preferred_element_type=jnp.float32)
-    norm = jnp.where((total > 0) & c.rows(query_mask), 1.0 / total, 0.0)
-    return c.write_rows(out, chunk_out * norm[..., None]), c.write_rows(lse, chunk_lse)
+    norm = jnp.where((total > 0) & c.rows(query_mask)[:, :, None], 1.0 / total, 0.0)
+    chunk_out = _heads_first(chunk_out * norm[..., None])
+    return c.write_rows(out, chunk_out), c.write_rows(lse, _heads_first(chunk_lse))
 
   out = jnp.zeros(q.shape, q.dtype)
-  lse = jnp.zeros(q.shape[:2], jnp.float32)
+  lse = jnp.zeros(q.shape[:3], jnp.float32)
   return jax.lax.fori_loop(0, plan.num_chunks, body, (out, lse))
 
 
@@ -204,35 +215,39 @@ def _banded_backward(plan: BandPlan, residuals, cotangents):
   """Backward pass: recomputes each chunk's probabilities from the saved log-sum-exp."""
   q, k, v, query_mask, key_mask, rng, out, lse = residuals
   d_out, d_lse = cotangents
-  d_out = jnp.where(query_mask[..., None], d_out, 0).astype(q.dtype)
   # Row-wise <dO, O> (FlashAttention's D) minus the cotangent of the log-sum-exp output:
-  # d logits = P * (dP - D + d_lse).
+  # d logits = P * (dP - D + d_lse). Padded query rows get no gradient: their output is a
+  # constant 0. (dO is masked chunk by chunk below, so no masked copy of it is stored.)
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
-  delta = jnp.where(query_mask, delta - d_lse, 0.0)
+  delta = jnp.where(query_mask[..., None], delta - d_lse, 0.0)  # [N, L, H]
   k_blocks, v_blocks = _to_blocks(k, plan), _to_blocks(v, plan)
   key_mask_blocks = _to_blocks(key_mask, plan)
-  window_shape = (q.shape[0], plan.chunk, plan.span, plan.block, q.shape[-1])
+  window_shape = (q.shape[0], plan.chunk, plan.span, plan.block, *q.shape[2:])
 
   def body(chunk_index, carry):
     d_q, d_k_blocks, d_v_blocks = carry
     c = _Chunk(plan, q, k_blocks, v_blocks, key_mask_blocks, chunk_index)
-    probs = jnp.where(c.mask, jnp.exp(c.logits - c.rows(lse)[..., None]), 0.0)
-    chunk_d_out = c.rows(d_out)
-    d_probs = jnp.einsum("nmqd,nmkd->nmqk", chunk_d_out, c.v,
+    row_lse = _heads_first(c.rows(lse))[..., None]  # [N, m, H, b, 1]
+    probs = jnp.where(c.mask, jnp.exp(c.logits - row_lse), 0.0)
+    chunk_d_out = _heads_first(jnp.where(c.rows(query_mask)[..., None, None], c.rows(d_out),
+                                         0).astype(q.dtype))  # [N, m, H, b, D]
+    d_probs = jnp.einsum("nmhqd,nmkhd->nmhqk", chunk_d_out, c.v,
                          preferred_element_type=jnp.float32)
     dropped = probs
     if plan.dropout_rate:
       keep = c.keep_mask(rng, chunk_index, probs.shape)
       d_probs = jnp.where(keep, d_probs / (1.0 - plan.dropout_rate), 0.0)
       dropped = jnp.where(keep, probs / (1.0 - plan.dropout_rate), 0.0)
-    d_logits = probs * (d_probs - c.rows(delta)[..., None]) * c.scale
+    d_logits = probs * (d_probs - _heads_first(c.rows(delta))[..., None]) * c.scale
     d_logits = d_logits.astype(q.dtype)
-    chunk_d_q = jnp.einsum("nmqk,nmkd->nmqd", d_logits, c.k,
-                           preferred_element_type=jnp.float32)
-    d_k_window = jnp.einsum("nmqk,nmqd->nmkd", d_logits, c.q,
-                            preferred_element_type=jnp.float32)
-    d_v_window = jnp.einsum("nmqk,nmqd->nmkd", dropped.astype(v.dtype), chunk_d_out,
-                            preferred_element_type=jnp.float32)
+    # Products come out head-major (the matmuls' natural layout); only these small chunk
+    # results are transposed back.
+    chunk_d_q = _heads_first(jnp.einsum("nmhqk,nmkhd->nmhqd", d_logits, c.k,
+                                        preferred_element_type=jnp.float32))
+    d_k_window = _heads_first(jnp.einsum("nmhqk,nmhqd->nmhkd", d_logits, _heads_first(c.q),
+                                         preferred_element_type=jnp.float32))
+    d_v_window = _heads_first(jnp.einsum("nmhqk,nmhqd->nmhkd", dropped.astype(v.dtype),
+                                         chunk_d_out, preferred_element_type=jnp.float32))
     # Windows of neighbouring query blocks overlap: add each one into its key blocks.
     # Clipped (out-of-range) key blocks receive exact zeros, since their probabilities are 0.
     d_k_blocks = d_k_blocks.at[:, c.blocks].add(d_k_window.reshape(window_shape))
@@ -252,15 +267,14 @@ def banded_attention(plan: BandPlan, q, k, v, query_mask, key_mask, rng):
 
   Args:
     plan: static shapes, from `plan_band`.
-    q, k, v: `[N, plan.length, D]`, N = batch x heads (head-major, so that every matmul
-      of the loop has its batch dimensions leading and needs no transpose).
+    q, k, v: `[N, plan.length, H, D]` (the caller's layout: no head-major copy is made).
     query_mask: bool `[N, plan.length]`; rows where False get an output of exactly 0.
     key_mask: bool `[N, plan.length]`; keys where False are never seen.
     rng: dropout PRNG key, or None when `plan.dropout_rate == 0`.
 
   Returns:
-    The output `[N, L, D]` (dtype of q) and the float32 log-sum-exp of each row's scores
-    `[N, L]` (`common.EMPTY_ROW_LSE` for rows that see no key).
+    The output `[N, L, H, D]` (dtype of q) and the float32 log-sum-exp of each row's scores
+    `[N, L, H]` (`common.EMPTY_ROW_LSE` for rows that see no key).
   """
   return _banded_forward(plan, q, k, v, query_mask, key_mask, rng)
 
@@ -299,6 +313,15 @@ def _pad_axis1(x, length: int, value=0):
   return jnp.pad(x, widths, constant_values=value)
 
 
+def _select_heads(x_BxLxH, heads: Sequence[int]):
+  """`x[:, :, heads]`; a slice, not a gather, when the heads are consecutive (as when
+  dilations are given per group of heads), so that its gradient is a pad, not a scatter."""
+  heads = [int(h) for h in heads]
+  if heads == list(range(heads[0], heads[0] + len(heads))):
+    return x_BxLxH[:, :, heads[0]:heads[0] + len(heads)]
+  return x_BxLxH[:, :, np.array(heads)]
+
+
 def check_qkv(q, k, v) -> None:
   if q.ndim != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
     raise errors.ConfigError(
@@ -329,31 +352,24 @@ def local_attention_with_lse(q, k, v, *, window: int, dilation: int | Sequence[i
   outs, lses, order = [], [], []
   for group_index, (d, heads) in enumerate(sorted(groups.items())):
     padded = -(-length // d) * d
-    if len(heads) == num_heads:
-      xs = (q, k, v)
-    else:
-      xs = tuple(x[:, :, np.array(heads)] for x in (q, k, v))
+    xs = tuple(_select_heads(x, heads) for x in (q, k, v))
     xs = [_to_residues(_pad_axis1(x, padded), d) for x in xs]  # [B * d, L / d, h, D]
     masks = [_to_residues(_pad_axis1(m, padded, False), d) for m in (query_mask, key_mask)]
     rows, sub_length = xs[0].shape[0] * len(heads), xs[0].shape[1]
     plan = plan_band(sub_length, window, causal, block_size, rows, dropout_rate)
-    # Head-major: [B * d, L / d, h, D] -> [B * d * h, L / d, D].
-    xs = [_pad_axis1(jnp.swapaxes(x, 1, 2).reshape(rows, sub_length, -1), plan.length)
-          for x in xs]
-    masks = [_pad_axis1(jnp.repeat(m, len(heads), axis=0), plan.length, False) for m in masks]
+    xs = [_pad_axis1(x, plan.length) for x in xs]
+    masks = [_pad_axis1(m, plan.length, False) for m in masks]
     rng = None if dropout_rate == 0 else jax.random.fold_in(dropout_rng, group_index)
     out, lse = banded_attention(plan, *xs, *masks, rng)
-    out = jnp.swapaxes(out[:, :sub_length].reshape(-1, len(heads), sub_length, q.shape[-1]), 1, 2)
-    lse = jnp.swapaxes(lse[:, :sub_length].reshape(-1, len(heads), sub_length), 1, 2)
+    out, lse = out[:, :sub_length], lse[:, :sub_length]
     outs.append(_from_residues(out, d)[:, :length])
     lses.append(_from_residues(lse, d)[:, :length])
     order.extend(heads)
 
   if len(outs) == 1:
     return outs[0], lses[0]
-  inverse = np.argsort(np.array(order))
-  return (jnp.concatenate(outs, axis=2)[:, :, inverse],
-          jnp.concatenate(lses, axis=2)[:, :, inverse])
+  out, lse = jnp.concatenate(outs, axis=2), jnp.concatenate(lses, axis=2)
+  return _select_heads(out, np.argsort(order)), _select_heads(lse, np.argsort(order))
 
 
 def sliding_window_attention(q, k, v, *, window: int, dilation: int | Sequence[int] = 1,

@@ -150,9 +150,8 @@ class DropoutTest(chex.TestCase):
     plan = sliding.plan_band(23, 3, False, 4, rows=4, dropout_rate=0.3)
     plan = dataclasses.replace(plan, chunk=2)
     self.assertEqual(plan.num_chunks, 3)
-    flat = [jnp.swapaxes(x, 1, 2).reshape(4, 23, 4) for x in (q, k, v)]
-    flat = [sliding._pad_axis1(x, plan.length) for x in flat]
-    mask = sliding._pad_axis1(jnp.repeat(padding_mask, 2, axis=0), plan.length, False)
+    flat = [sliding._pad_axis1(x, plan.length) for x in (q, k, v)]  # [B, L, H, D]
+    mask = sliding._pad_axis1(padding_mask, plan.length, False)
     rng = jax.random.key(0)
     fast = lambda q, k, v: sliding.banded_attention(plan, q, k, v, mask, mask, rng)[0]
     plain = lambda q, k, v: sliding._banded_forward(plan, q, k, v, mask, mask, rng)[0]
