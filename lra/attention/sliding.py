@@ -368,8 +368,9 @@ def local_attention_with_lse(q, k, v, *, window: int, dilation: int | Sequence[i
 
   if len(outs) == 1:
     return outs[0], lses[0]
-  out, lse = jnp.concatenate(outs, axis=2), jnp.concatenate(lses, axis=2)
-  return _select_heads(out, np.argsort(order)), _select_heads(lse, np.argsort(order))
+  inverse = np.argsort(order)
+  return (_select_heads(jnp.concatenate(outs, axis=2), inverse),
+          _select_heads(jnp.concatenate(lses, axis=2), inverse))
 
 
 def sliding_window_attention(q, k, v, *, window: int, dilation: int | Sequence[int] = 1,
