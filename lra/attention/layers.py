@@ -34,7 +34,8 @@ class SelfAttention(nnx.Module):
   Parameters are float32; `dtype` is the compute dtype of the projections and of the
   attention inputs (softmax is float32 whatever it is). With `rotary_positions`, queries
   and keys carry their positions by rotation (`rotary`): relative position information,
-  for models without position embeddings.
+  for models without position embeddings. The global queries and keys are rotated too, so
+  every score, local or global, depends on the offset between its two positions.
   """
 
   def __init__(self, features: int, num_heads: int, *, attention: Mapping[str, Any],
@@ -44,8 +45,6 @@ class SelfAttention(nnx.Module):
       raise errors.ConfigError(
           f"features ({features}) must be a multiple of num_heads ({num_heads})")
     self.core = attention_lib.build(attention, num_heads)
-    if rotary_positions and self.core.uses_global:
-      raise errors.ConfigError("rotary positions are not supported with global tokens")
     self.num_heads = num_heads
     self.dropout_rate = dropout_rate
     self.rotary_positions = rotary_positions
@@ -89,8 +88,10 @@ class SelfAttention(nnx.Module):
       q, k = rotary(q), rotary(k)
     global_qkv = None
     if self.core.uses_global and global_mask is not None:
-      global_qkv = (self.query_global(x_BxLxE), self.key_global(x_BxLxE),
-                    self.value_global(x_BxLxE))
+      global_q, global_k = self.query_global(x_BxLxE), self.key_global(x_BxLxE)
+      if self.rotary_positions:
+        global_q, global_k = rotary(global_q), rotary(global_k)
+      global_qkv = (global_q, global_k, self.value_global(x_BxLxE))
     out_BxLxHxD = self.core(q, k, v, padding_mask=padding_mask, global_mask=global_mask,
                             global_qkv=global_qkv, dropout_rate=dropout_rate,
                             dropout_rng=dropout_rng)

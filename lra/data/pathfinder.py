@@ -16,15 +16,17 @@ cached once as `.npy` files under `config.data_cache_dir`, keyed by the absolute
 the resolution, the difficulty, the seed and the metadata files' sizes and times; later
 loads read the cache.
 
-When `config.data_path` is None and `config.size` is 'small' or 'tiny', a dataset is
-generated (see `generate`) into `<data_cache_dir>/pathfinder<resolution>_<size>_seed<s>`,
-s = `generator_seed`, unless it is already there.
+When `config.data_path` is None and `config.size` is 'small' or 'tiny', a dataset of n
+images is generated (see `generate`) into
+`<data_cache_dir>/pathfinder<resolution>_<n>images_seed<s>`, s = `generator_seed`, unless it
+is already there.
 
 Options (`config.data`):
   resolution: 32         image side: 32 for Pathfinder, 128 for Path-X (length = side**2).
   difficulty: 'hard'     contour length: 'easy' (curv_baseline), 'intermediate'
                          (curv_contour_length_9) or 'hard' (curv_contour_length_14, LRA's).
   generator_seed: 0      seed of the generated dataset when config.data_path is None.
+  num_generated: 0       images of the generated dataset; 0: the size's (below).
 
 Generation (`generate`, or `python -m experiments.generate_data pathfinder --out=DIR`)
 writes the same layout, 10,000 images per `imgs/<k>` folder, with the metadata fields
@@ -174,10 +176,11 @@ def _dataset_root(config, resolution: int, difficulty: str) -> str:
         None, _EXPECTED.format(folder=_DIFFICULTY_FOLDERS[difficulty]),
         _SOURCE + " Only sizes 'small' and 'tiny' generate a dataset when the path is unset.")
   generator_seed = common.option(config, "generator_seed", 0)
+  num_examples = common.option(config, "num_generated", 0) or _GENERATED_SIZES[config.size]
   root = os.path.join(config.data_cache_dir,
-                      f"pathfinder{resolution}_{config.size}_seed{generator_seed}")
+                      f"pathfinder{resolution}_{num_examples}images_seed{generator_seed}")
   if not os.path.isdir(os.path.join(root, _DIFFICULTY_FOLDERS[difficulty])):
-    _write_dataset(root, num_examples=_GENERATED_SIZES[config.size], seed=generator_seed,
+    _write_dataset(root, num_examples=num_examples, seed=generator_seed,
                    resolution=resolution, difficulty=difficulty)
   return root
 

@@ -15,7 +15,7 @@ from lra import errors
 from lra.data import PAD_ID
 from lra.models.encoder import Encoder
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "max")
 
 
 def classification_metrics(logits_BxC, targets_B, weights_B):
@@ -56,6 +56,8 @@ class PooledEncoder(nnx.Module):
                      deterministic=deterministic, rngs=rngs)
     if self.pooling == "cls":
       return h[:, 0]
+    if self.pooling == "max":
+      return jnp.max(jnp.where(real[..., None], h, jnp.finfo(h.dtype).min), axis=1)
     weights = real[..., None].astype(h.dtype)
     return jnp.sum(h * weights, axis=1) / jnp.sum(weights, axis=1)
 

@@ -11,6 +11,7 @@ from flax import nnx
 from lra import errors
 from lra.attention import reference
 from lra.attention.layers import SelfAttention
+from lra.attention.layers import rotary
 
 BATCH, LENGTH, FEATURES, HEADS = 2, 11, 16, 4
 CONFIGS = {
@@ -56,15 +57,18 @@ def _output(layer, out_BxLxHxD):
           layer.out.bias[None, None])
 
 
-def _by_hand(layer, name, x, padding_mask, global_mask):
+def _by_hand(layer, name, x, padding_mask, global_mask, rotary_positions=False):
   """The layer's output through its own parameters and the dense oracle."""
-  q, k, v = (_project(p, x) for p in (layer.query, layer.key, layer.value))
+  rotate = rotary if rotary_positions else lambda t: t
+  q, k = rotate(_project(layer.query, x)), rotate(_project(layer.key, x))
+  v = _project(layer.value, x)
   config = CONFIGS[name]
   if name == "longformer":
     out = reference.longformer_reference(
         q, k, v, window=config["window"], dilation=config["dilation"],
         global_mask=global_mask, padding_mask=padding_mask,
-        global_q=_project(layer.query_global, x), global_k=_project(layer.key_global, x),
+        global_q=rotate(_project(layer.query_global, x)),
+        global_k=rotate(_project(layer.key_global, x)),
         global_v=_project(layer.value_global, x))
   else:
     mask = reference.pattern_mask(LENGTH, window=config.get("window"),
@@ -76,9 +80,9 @@ def _by_hand(layer, name, x, padding_mask, global_mask):
 
 class SelfAttentionTest(chex.TestCase):
 
-  @parameterized.parameters(*CONFIGS)
-  def test_split_merge_jit_matches_hand_computation(self, name):
-    layer = _layer(name)
+  @parameterized.product(name=tuple(CONFIGS), rotary_positions=(False, True))
+  def test_split_merge_jit_matches_hand_computation(self, name, rotary_positions):
+    layer = _layer(name, rotary_positions=rotary_positions)
     _randomize(layer, 1)
     x, padding_mask, global_mask = _inputs()
     graphdef, state = nnx.split(layer)
@@ -90,8 +94,9 @@ class SelfAttentionTest(chex.TestCase):
     out = apply(state, x, padding_mask, global_mask)
     self.assertEqual(out.shape, (BATCH, LENGTH, FEATURES))
     self.assertEqual(out.dtype, jnp.float32)
-    chex.assert_trees_all_close(out, _by_hand(layer, name, x, padding_mask, global_mask),
-                                atol=1e-4, rtol=1e-4)
+    chex.assert_trees_all_close(
+        out, _by_hand(layer, name, x, padding_mask, global_mask, rotary_positions),
+        atol=1e-4, rtol=1e-4)
 
   @parameterized.parameters(*CONFIGS)
   def test_float32_params_with_bfloat16_compute(self, name):

@@ -12,6 +12,7 @@ from lra import errors
 import lra.data
 from lra.data import PAD_ID
 from lra.data import pathfinder
+from tests import entry_points
 from tests.data import fixtures
 
 _HARD = "curv_contour_length_14"
@@ -217,6 +218,16 @@ def test_generator_resolution_and_difficulty(tmp_path):
   assert all(fields[4] == "6" for _, fields in images)
 
 
+def test_generate_data_command_takes_the_difficulty(tmp_path):
+  done = entry_points.run_module(
+      "generate_data", "pathfinder", f"--out={tmp_path}", "--size=tiny", "--num_examples=4",
+      "--difficulty=intermediate", timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert os.listdir(tmp_path) == ["curv_contour_length_9"]
+  assert all(fields[4] == "9" for _, fields in
+             _generated(tmp_path, folder="curv_contour_length_9"))
+
+
 def test_generator_refuses_to_overwrite(generated):
   with pytest.raises(errors.DataError, match="already exists"):
     pathfinder.generate(str(generated), size="tiny", seed=0)
@@ -227,7 +238,7 @@ def test_load_generates_small_datasets_once(tmp_path):
   data = pathfinder.load(config)
   assert {k: len(v["targets"]) for k, v in data.splits.items()} == {
       "train": 52, "val": 6, "test": 6}
-  folder = tmp_path / "cache" / "pathfinder32_tiny_seed3" / _HARD
+  folder = tmp_path / "cache" / "pathfinder32_64images_seed3" / _HARD
   metadata = folder / "metadata" / "0.npy"
   stamp = os.stat(metadata).st_mtime_ns
   _assert_same(data, pathfinder.load(config))
@@ -235,3 +246,10 @@ def test_load_generates_small_datasets_once(tmp_path):
   # Generated data goes through the same reader: tokens are pixels + 1.
   assert np.all(data.splits["train"]["inputs"] >= 1)
   assert set(np.unique(data.splits["train"]["inputs"])) == {1, 256}
+
+
+def test_num_generated_sets_the_generated_size(tmp_path):
+  data = pathfinder.load(_config(None, tmp_path, size="tiny", num_generated=20))
+  assert {k: len(v["targets"]) for k, v in data.splits.items()} == {
+      "train": 16, "val": 2, "test": 2}
+  assert os.path.isdir(tmp_path / "cache" / "pathfinder32_20images_seed0" / _HARD)
