@@ -183,7 +183,7 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
   config.model.mlp_dim = preset.mlp
   config.model.dropout_rate = dropout_rate if paper else 0.0
   config.model.attention_dropout_rate = attention_dropout_rate if paper else 0.0
-  config.model.pos_emb = pos_emb  # sinusoidal | learned
+  config.model.pos_emb = pos_emb  # sinusoidal | learned | rotary
   config.model.pooling = pooling  # cls | mean | max (over real tokens)
   config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   config.attention = attention_config(args.attention, window=args.window or preset.window,
