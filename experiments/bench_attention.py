@@ -17,8 +17,9 @@ run by that interpreter) adds an `hf_longformer` row per length that it supports
 One timed step is a jit-compiled `jax.grad` of `sum(output)` with respect to every input
 array: q, k, v, and for Longformer also its global q, k, v, which a model trains too. Each (mechanism, length) runs in a
 fresh subprocess of this script, so that its peak RSS is its own; lengths are the outer loop
-so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured in
-the same run, puts the useful GFLOP/s in proportion: useful FLOPs are 3 x the forward FLOPs
+so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured
+afresh before each length (shared machines drift by tens of percent within minutes), puts
+the useful GFLOP/s of that length's rows in proportion: useful FLOPs are 3 x the forward FLOPs
 of the two matmuls over exactly the keys each query sees (`pattern_pairs`), so the waste of
 a method (masked-out scores, padding blocks, recomputation) lowers its useful rate.
 
@@ -86,6 +87,12 @@ _HF_PYTHON = flags.DEFINE_string(
     "Longformer attention, at the lengths that are multiples of 2 * window and at most "
     "--hf_max_length (float32, batch 1 only).")
 _HF_MAX_LENGTH = flags.DEFINE_integer("hf_max_length", 4096, "Longest length measured for HF.")
+_HUGE_PAGES = flags.DEFINE_bool(
+    "malloc_huge_pages", True,
+    "Run every measuring process (this script's, HF's, the matmul's) with glibc's malloc "
+    "on transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1). XLA:CPU allocates "
+    "a step's large temporaries afresh each step, and on 4 KB pages first touching them "
+    "costs tens of thousands of page faults per step. No effect without glibc >= 2.35.")
 _ONE = flags.DEFINE_string(
     "_one", None, "Internal: measure one `mechanism:length` (or `matmul:n`) in this process "
     "and print it as one JSON line.")
@@ -286,9 +293,18 @@ def measure_one(spec: str, setup: Setup) -> dict:
 # The driver: subprocesses, tables, figure.
 
 
+def _child_env() -> dict:
+  env = dict(os.environ)
+  if _HUGE_PAGES.value:
+    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+    env["GLIBC_TUNABLES"] = ":".join(tunables + ["glibc.malloc.hugetlb=1"])
+  return env
+
+
 def _run(command: list[str]) -> tuple[str | None, str]:
   """Runs a measuring process; returns (stdout, "") or (None, why it failed)."""
-  completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+  completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False,
+                             env=_child_env())
   if completed.returncode == 0:
     return completed.stdout, ""
   if completed.returncode < 0:
@@ -367,26 +383,30 @@ def _cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def _machine(matmul: dict, setup: Setup) -> dict:
+def _machine(matmuls: list[dict], setup: Setup) -> dict:
+  rates = [m["gflops"] for m in matmuls if m.get("gflops")]
   return {
       "cpu": _cpu_model(),
       "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                else os.cpu_count(),
-      "device": matmul.get("device"),
+      "device": next((m["device"] for m in matmuls if m.get("device")), None),
       "jax": importlib.metadata.version("jax"),
       "matmul_n": _MATMUL_SIZE.value,
-      "matmul_gflops": matmul.get("gflops"),
+      "matmul_gflops": statistics.median(rates) if rates else None,
+      "matmul_gflops_range": [min(rates), max(rates)] if rates else None,
+      "malloc_huge_pages": _HUGE_PAGES.value,
       **dataclasses.asdict(setup),
   }
 
 
 CSV_COLUMNS = ("mechanism", "length", "status", "median_s", "useful_gflop", "useful_gflops",
-               "pct_of_matmul", "setup_rss_gb", "peak_rss_gb", "first_call_s")
+               "matmul_gflops", "pct_of_matmul", "setup_rss_gb", "peak_rss_gb", "first_call_s")
 
 
 def _finish_row(row: dict, setup: Setup, matmul_gflops: float | None) -> dict:
-  """Adds the useful rate and its fraction of the matmul rate to a measured row."""
+  """Adds the useful rate and its fraction of the matmul rate measured next to it."""
   row["useful_gflop"] = useful_gflop(row["mechanism"], row["length"], setup)
+  row["matmul_gflops"] = matmul_gflops
   if row["status"] == "ok":
     row["useful_gflops"] = row["useful_gflop"] / row["median_s"]
     if matmul_gflops:
@@ -401,29 +421,34 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(rows: list[dict], machine: dict) -> str:
-  matmul = (f"{machine['matmul_gflops']:.1f} GFLOP/s" if machine["matmul_gflops"]
-            else "not measured")
+  matmul = "not measured"
+  if machine["matmul_gflops"]:
+    low, high = machine["matmul_gflops_range"]
+    matmul = (f"median {machine['matmul_gflops']:.1f} GFLOP/s over the lengths (from "
+              f"{low:.1f} to {high:.1f})")
   lines = [
       "# Attention benchmark: forward + backward",
       "",
       f"Machine: {machine['cpu']}, {machine['cores']} cores, JAX device {machine['device']}; "
       f"jax {machine['jax']}; {machine['dtype']}; window {machine['window']} (one-sided); "
       f"{machine['heads']} heads x {machine['head_dim']}; batch {machine['batch']}; "
-      f"matmul rate ({machine['matmul_n']}^3, {machine['dtype']}): {matmul}.",
+      f"matmul rate ({machine['matmul_n']}^3, {machine['dtype']}): {matmul}; malloc on "
+      f"huge pages: {'yes' if machine['malloc_huge_pages'] else 'no'}.",
       "",
       "Time: median of the timed steps. Useful GFLOP/s: 3 x the forward FLOPs of the two "
       "matmuls over exactly the keys each query sees, per second. RSS in GB (1e9 bytes) of "
       "the measuring process: after setup (inputs allocated, before compiling) and peak.",
       "",
-      "| mechanism | length | median time (s) | useful GFLOP/s | % of matmul rate "
-      "| setup RSS (GB) | peak RSS (GB) | note |",
-      "|---|---:|---:|---:|---:|---:|---:|---|",
+      "| mechanism | length | median time (s) | useful GFLOP/s | matmul GFLOP/s (this length) "
+      "| % of matmul rate | setup RSS (GB) | peak RSS (GB) | note |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---|",
   ]
   for row in rows:
     note = "" if row["status"] == "ok" else row["status"]
     lines.append(
         f"| {row['mechanism']} | {row['length']} | {_fmt(row.get('median_s'), '.4f')} "
-        f"| {_fmt(row.get('useful_gflops'), '.2f')} | {_fmt(row.get('pct_of_matmul'), '.1f')} "
+        f"| {_fmt(row.get('useful_gflops'), '.2f')} | {_fmt(row.get('matmul_gflops'), '.1f')} "
+        f"| {_fmt(row.get('pct_of_matmul'), '.1f')} "
         f"| {_fmt(row.get('setup_rss_gb'), '.2f')} | {_fmt(row.get('peak_rss_gb'), '.2f')} "
         f"| {note} |")
   return "\n".join(lines) + "\n"
@@ -460,7 +485,7 @@ def plot(rows: list[dict], machine: dict, path: str) -> None:
             f"({machine['cores']} cores)")
 
 
-def write_outputs(rows: list[dict], machine: dict, matmul: dict, out: str) -> str:
+def write_outputs(rows: list[dict], machine: dict, matmuls: list[dict], out: str) -> str:
   """Writes bench.{csv,md,json,png} and returns the Markdown."""
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "bench.csv"), "w", newline="") as f:
@@ -471,7 +496,7 @@ def write_outputs(rows: list[dict], machine: dict, matmul: dict, out: str) -> st
   with open(os.path.join(out, "bench.md"), "w") as f:
     f.write(text + "\n" + "\n".join(f"- {line}" for line in key_ratios(rows)) + "\n")
   with open(os.path.join(out, "bench.json"), "w") as f:
-    json.dump({"machine": machine, "matmul": matmul, "rows": rows}, f, indent=2)
+    json.dump({"machine": machine, "matmuls": matmuls, "rows": rows}, f, indent=2)
   plot(rows, machine, os.path.join(out, "bench.png"))
   return text
 
@@ -494,15 +519,15 @@ def main(argv):
     memory_limit_gb = psutil.virtual_memory().total / 2e9
   lengths = [int(n) for n in _LENGTHS.value]
 
-  print(f"matmul {_MATMUL_SIZE.value}^3 ({setup.dtype}) ...", flush=True)
-  matmul = _run_self(f"matmul:{_MATMUL_SIZE.value}")
-  matmul_gflops = matmul.get("gflops")
-  print(f"  {matmul_gflops:.1f} GFLOP/s" if matmul_gflops else f"  {matmul['status']}",
-        flush=True)
-
   plan = _plan(lengths)
-  rows = []
+  rows, matmuls, matmul_gflops = [], [], None
   for index, (name, length) in enumerate(plan, 1):
+    if not rows or rows[-1]["length"] != length:
+      print(f"matmul {_MATMUL_SIZE.value}^3 ({setup.dtype}) ...", flush=True)
+      matmuls.append({"length": length, **_run_self(f"matmul:{_MATMUL_SIZE.value}")})
+      matmul_gflops = matmuls[-1].get("gflops")
+      print(f"  {matmul_gflops:.1f} GFLOP/s" if matmul_gflops
+            else f"  {matmuls[-1]['status']}", flush=True)
     print(f"[{index}/{len(plan)}] {name} length {length} ...", flush=True)
     record = _measure(name, length, setup, memory_limit_gb)
     row = _finish_row({"mechanism": name, "length": length, **record}, setup, matmul_gflops)
@@ -515,7 +540,7 @@ def main(argv):
 
   out = os.path.abspath(_OUT.value)
   print()
-  print(write_outputs(rows, _machine(matmul, setup), matmul, out))
+  print(write_outputs(rows, _machine(matmuls, setup), matmuls, out))
   for line in key_ratios(rows):
     print(line)
   print(f"wrote {out}/bench.{{csv,md,json,png}}")

@@ -1,14 +1,15 @@
 """Blocked sliding-window attention: bidirectional, causal and dilated per head.
 
 The sequence is cut into blocks of `b` positions. Query block `i` computes scores against
-key blocks `i - c .. i + c` (`i - c .. i` when causal), `c = ceil(w / b)`, and a static
-`[b, keys]` band mask keeps exactly the keys within the window. Each query thus computes
-`2w + b` scores when `b` divides `w` (`w + b` causal), against HuggingFace's ~4w.
+the keys of blocks `i - c .. i + c` (`i - c .. i` when causal), `c = ceil(w / b)`, one
+contiguous window (shifted inwards at the ends of the sequence), and a `[b, keys]` band mask
+keeps exactly the keys within the window. Each query thus computes `2w + b` scores when `b`
+divides `w` (`w + b` causal), against HuggingFace's ~4w.
 
-Memory is linear: a loop runs over chunks of query blocks, so at most one chunk of scores
-exists at a time, and a custom VJP recomputes the probabilities chunk by chunk in the
-backward pass from the saved per-row log-sum-exp (as FlashAttention does) instead of keeping
-every block's probabilities.
+Memory is linear: a loop runs over the query blocks, so one block's scores exist at a time,
+and a custom VJP recomputes the probabilities block by block in the backward pass from the
+saved per-row log-sum-exp (as FlashAttention does) instead of keeping every block's
+probabilities.
 
 Dilation is exact with a reshape: a window of dilation `d` on `x` is an undilated window on
 each residue class `x[r::d]`, so those classes are folded into the batch and heads sharing a
@@ -27,10 +28,6 @@ import numpy as np
 from lra import errors
 from lra.attention import common
 
-# Score elements one loop iteration may hold (per array); bounds the working set of a chunk.
-_CHUNK_SCORE_BUDGET = 1 << 20
-
-
 @dataclasses.dataclass(frozen=True)
 class BandPlan:
   """Static shape plan of one banded call.
@@ -40,8 +37,7 @@ class BandPlan:
     causal: whether keys after the query are excluded.
     block: b, positions per query block and per key block.
     reach: c, key blocks on each side of a query block (left only when causal).
-    num_blocks: blocks after padding; a multiple of `chunk`.
-    chunk: query blocks per loop iteration.
+    num_blocks: query blocks after padding.
     dropout_rate: attention dropout rate.
   """
 
@@ -50,7 +46,6 @@ class BandPlan:
   block: int
   reach: int
   num_blocks: int
-  chunk: int
   dropout_rate: float = 0.0
 
   @property
@@ -60,16 +55,12 @@ class BandPlan:
 
   @property
   def keys(self) -> int:
-    """Keys scored per query."""
-    return self.span * self.block
+    """Keys scored per query: the span, or the whole sequence when that is shorter."""
+    return min(self.span * self.block, self.length)
 
   @property
   def length(self) -> int:
     return self.num_blocks * self.block
-
-  @property
-  def num_chunks(self) -> int:
-    return self.num_blocks // self.chunk
 
 
 def auto_block_size(window: int, length: int) -> int:
@@ -85,8 +76,8 @@ def auto_block_size(window: int, length: int) -> int:
 
 
 def plan_band(length: int, window: int, causal: bool, block_size: int | None,
-              rows: int, dropout_rate: float = 0.0) -> BandPlan:
-  """Chooses block and chunk sizes for a sequence of `length` and `rows` = batch x heads."""
+              dropout_rate: float = 0.0) -> BandPlan:
+  """Chooses the block size for a sequence of `length`."""
   if block_size is None:
     block = auto_block_size(window, length)
   elif isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
@@ -97,168 +88,158 @@ def plan_band(length: int, window: int, causal: bool, block_size: int | None,
   # Key blocks further than the sequence add nothing: a window wider than the sequence
   # costs at most the full sequence.
   reach = min(-(-window // block), max(num_blocks - 1, 0))
-  span = reach + 1 if causal else 2 * reach + 1
-  chunk = max(1, min(num_blocks, _CHUNK_SCORE_BUDGET // (rows * block * span * block)))
-  # Prefer a chunk that divides the blocks (no padding) unless that halves the chunk.
-  for candidate in range(chunk, (chunk + 1) // 2 - 1, -1):
-    if num_blocks % candidate == 0:
-      chunk = candidate
-      break
-  num_blocks = -(-num_blocks // chunk) * chunk
   return BandPlan(window=window, causal=causal, block=block, reach=reach,
-                  num_blocks=num_blocks, chunk=chunk, dropout_rate=dropout_rate)
+                  num_blocks=num_blocks, dropout_rate=dropout_rate)
 
 
-def _band_mask(plan: BandPlan) -> np.ndarray:
-  """bool `[b, keys]`: query offset in its block x key offset in the block's key window."""
-  query = np.arange(plan.block)[:, None]
-  key = np.arange(plan.keys)[None, :] - plan.reach * plan.block
-  offset = key - query  # key position minus query position
+def _window_start(plan: BandPlan, index):
+  """First key of query block `index`'s window: `reach` blocks back, kept inside the
+  sequence, so that every window is one slice (at the ends it shifts inwards and still
+  covers every key within the window of the block's queries)."""
+  return jnp.clip((index - plan.reach) * plan.block, 0, plan.length - plan.keys)
+
+
+def _band_mask(plan: BandPlan, index, key_start):
+  """bool `[b, keys]`: which keys of the window each query of block `index` sees."""
+  query = index * plan.block + jnp.arange(plan.block)[:, None]
+  offset = key_start + jnp.arange(plan.keys)[None, :] - query  # key minus query position
   if plan.causal:
     return (offset <= 0) & (offset >= -plan.window)
-  return np.abs(offset) <= plan.window
+  return jnp.abs(offset) <= plan.window
 
 
-def _key_blocks(chunk_index, plan: BandPlan):
-  """Key block indices `[chunk, span]` of a chunk's query blocks, clipped, and validity."""
-  first = chunk_index * plan.chunk
-  blocks = (first + jnp.arange(plan.chunk)[:, None] + jnp.arange(plan.span)[None, :] -
-            plan.reach)
-  valid = (blocks >= 0) & (blocks < plan.num_blocks)
-  return jnp.clip(blocks, 0, plan.num_blocks - 1), valid
+# Operand layouts. The CPU matmul kernels take `[batch, M, K] @ [batch, K, N]`, so the keys
+# and values, which every block's window reads, are laid out head-major once per call: k as
+# `[N, H, D, L]` (the orientation q @ k^T reads), v as `[N, H, L, D]` (probs @ v). A window is
+# then one contiguous slice, with no per-window gather or transpose. The backward reuses these
+# two layouts rather than making k `[N, H, L, D]` and v `[N, H, D, L]` as well: two more
+# whole arrays of memory, to save a transpose of each window in cache. Query-side arrays stay
+# in the caller's `[N, L, H, D]`; each block's slice is transposed where it is used.
 
 
-def _window(x_NxBxb, blocks_mxs):
-  """Gathers key windows: `[N, nb, b, ...]` -> `[N, m, span * b, ...]`."""
-  x = x_NxBxb[:, blocks_mxs]  # [N, m, span, b, ...]
-  return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])
+def _columns_major(x_NxLxHxD):
+  """`[N, L, H, D]` -> `[N, H, D, L]`."""
+  return jnp.transpose(x_NxLxHxD, (0, 2, 3, 1))
 
 
-def _to_blocks(x, plan: BandPlan):
-  """`[N, L, ...]` -> `[N, nb, b, ...]`."""
-  return x.reshape(x.shape[0], plan.num_blocks, plan.block, *x.shape[2:])
+def _heads_first(x_NxLxH):
+  """`[N, L, H, ...]` -> `[N, H, L, ...]` (and back: the map is its own inverse)."""
+  return jnp.swapaxes(x_NxLxH, 1, 2)
 
 
-def _heads_first(x_NxMxBxH):
-  """`[N, m, b, H, ...]` -> `[N, m, H, b, ...]` (and back: the map is its own inverse)."""
-  return jnp.swapaxes(x_NxMxBxH, 2, 3)
+class _Block:
+  """Operands and scores of query block `index` (shared by forward and backward).
 
-
-class _Chunk:
-  """Inputs and scores of one chunk of query blocks (shared by forward and backward).
-
-  Arrays keep the caller's `[N, L, H, D]` layout; scores are `[N, m, H, b, keys]`. Only the
-  small per-chunk operands are laid out head-major for the matmuls, so no head-major copy
-  of a whole q, k, v or gradient is ever made.
+  Scores are `[N, H, b, keys]` over the block's window of keys, `_window_start` onwards.
   """
 
-  def __init__(self, plan: BandPlan, q, k_blocks, v_blocks, key_mask_blocks, chunk_index):
-    b, m = plan.block, plan.chunk
+  def __init__(self, plan: BandPlan, index, q, k_columns, key_mask):
+    """`q [N, L, H, D]`, `k_columns [N, H, D, L]`, `key_mask [N, L]`."""
     self.plan = plan
-    self.start = chunk_index * m * b
-    self.q = self.rows(q)  # [N, m, b, H, D]
-    self.blocks, valid = _key_blocks(chunk_index, plan)
-    self.k = _window(k_blocks, self.blocks)  # [N, m, keys, H, D]
-    self.v = _window(v_blocks, self.blocks)
-    key_valid = _window(key_mask_blocks, self.blocks) & jnp.repeat(valid, b, axis=1)[None]
-    # [N, m, 1, b, keys]: inside the window band, and the key exists and is not masked.
-    self.mask = _band_mask(plan)[None, None, None] & key_valid[:, :, None, None, :]
+    self.index = index
+    self.start = index * plan.block
+    self.key_start = _window_start(plan, index)
+    self.q = self.rows(q)  # [N, b, H, D]
+    key_valid = self.window(key_mask, axis=1)  # [N, keys]
+    # [N, 1, b, keys]: inside the window band, and the key is not masked.
+    self.mask = (_band_mask(plan, index, self.key_start)[None, None] &
+                 key_valid[:, None, None, :])
     self.scale = 1.0 / math.sqrt(q.shape[-1])
-    self.logits = jnp.einsum("nmqhd,nmkhd->nmhqk", self.q, self.k,
+    self.logits = jnp.einsum("nhqd,nhdk->nhqk", _heads_first(self.q),
+                             self.window(k_columns, axis=3),
                              preferred_element_type=jnp.float32) * self.scale
 
   def rows(self, x_NxL):
-    """This chunk's rows of a per-position array `[N, L, ...]`, as `[N, m, b, ...]`."""
-    x = jax.lax.dynamic_slice_in_dim(x_NxL, self.start, self.plan.chunk * self.plan.block,
-                                     axis=1)
-    return x.reshape(x.shape[0], self.plan.chunk, self.plan.block, *x.shape[2:])
+    """This block's rows `[N, b, ...]` of a per-position array `[N, L, ...]`."""
+    return jax.lax.dynamic_slice_in_dim(x_NxL, self.start, self.plan.block, axis=1)
 
-  def write_rows(self, x_NxL, chunk_rows):
-    """Writes `[N, m, b, ...]` rows of this chunk into the per-position array."""
-    chunk_rows = chunk_rows.reshape(x_NxL.shape[0], -1, *x_NxL.shape[2:])
-    return jax.lax.dynamic_update_slice_in_dim(x_NxL, chunk_rows.astype(x_NxL.dtype),
-                                               self.start, axis=1)
+  def write_rows(self, x_NxL, rows_NxHxb):
+    """Writes head-major rows `[N, H, b, ...]` of this block into `[N, L, H, ...]`."""
+    return jax.lax.dynamic_update_slice_in_dim(
+        x_NxL, _heads_first(rows_NxHxb).astype(x_NxL.dtype), self.start, axis=1)
 
-  def keep_mask(self, rng, chunk_index, shape):
-    return jax.random.bernoulli(jax.random.fold_in(rng, chunk_index),
+  def window(self, x, axis):
+    """This block's `keys` key positions of `x` along `axis`."""
+    return jax.lax.dynamic_slice_in_dim(x, self.key_start, self.plan.keys, axis=axis)
+
+  def add_window(self, x, update, axis):
+    """`x` with `update` added to this block's window along `axis`."""
+    return jax.lax.dynamic_update_slice_in_dim(
+        x, self.window(x, axis) + update, self.key_start, axis=axis)
+
+  def keep_mask(self, rng, shape):
+    return jax.random.bernoulli(jax.random.fold_in(rng, self.index),
                                 1.0 - self.plan.dropout_rate, shape)
 
 
 def _banded_forward(plan: BandPlan, q, k, v, query_mask, key_mask, rng):
   """Forward pass; returns the output `[N, L, H, D]` and the row log-sum-exp `[N, L, H]`."""
-  k_blocks, v_blocks = _to_blocks(k, plan), _to_blocks(v, plan)
-  key_mask_blocks = _to_blocks(key_mask, plan)
+  k_columns, v_rows = _columns_major(k), _heads_first(v)
 
-  def body(chunk_index, carry):
+  def body(index, carry):
     out, lse = carry
-    c = _Chunk(plan, q, k_blocks, v_blocks, key_mask_blocks, chunk_index)
+    c = _Block(plan, index, q, k_columns, key_mask)
     row_max = jnp.max(jnp.where(c.mask, c.logits, -jnp.inf), axis=-1, keepdims=True)
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     probs = jnp.where(c.mask, jnp.exp(c.logits - row_max), 0.0)  # unnormalised
-    total = jnp.sum(probs, axis=-1)  # [N, m, H, b]
-    chunk_lse = jnp.where(total > 0, row_max[..., 0] + jnp.log(total), common.EMPTY_ROW_LSE)
+    total = jnp.sum(probs, axis=-1)  # [N, H, b]
+    block_lse = jnp.where(total > 0, row_max[..., 0] + jnp.log(total), common.EMPTY_ROW_LSE)
     if plan.dropout_rate:
-      keep = c.keep_mask(rng, chunk_index, probs.shape)
+      keep = c.keep_mask(rng, probs.shape)
       probs = jnp.where(keep, probs / (1.0 - plan.dropout_rate), 0.0)
-    chunk_out = jnp.einsum("nmhqk,nmkhd->nmhqd", probs.astype(v.dtype), c.v,
+    block_out = jnp.einsum("nhqk,nhkd->nhqd", probs.astype(v.dtype), c.window(v_rows, axis=2),
                            preferred_element_type=jnp.float32)
-    norm = jnp.where((total > 0) & c.rows(query_mask)[:, :, None], 1.0 / total, 0.0)
-    chunk_out = _heads_first(chunk_out * norm[..., None])
-    return c.write_rows(out, chunk_out), c.write_rows(lse, _heads_first(chunk_lse))
+    norm = jnp.where((total > 0) & c.rows(query_mask)[:, None], 1.0 / total, 0.0)
+    return (c.write_rows(out, block_out * norm[..., None]), c.write_rows(lse, block_lse))
 
   out = jnp.zeros(q.shape, q.dtype)
   lse = jnp.zeros(q.shape[:3], jnp.float32)
-  return jax.lax.fori_loop(0, plan.num_chunks, body, (out, lse))
+  return jax.lax.fori_loop(0, plan.num_blocks, body, (out, lse))
 
 
 def _banded_backward(plan: BandPlan, residuals, cotangents):
-  """Backward pass: recomputes each chunk's probabilities from the saved log-sum-exp."""
+  """Backward pass: recomputes each block's probabilities from the saved log-sum-exp."""
   q, k, v, query_mask, key_mask, rng, out, lse = residuals
   d_out, d_lse = cotangents
   # Row-wise <dO, O> (FlashAttention's D) minus the cotangent of the log-sum-exp output:
   # d logits = P * (dP - D + d_lse). Padded query rows get no gradient: their output is a
-  # constant 0. (dO is masked chunk by chunk below, so no masked copy of it is stored.)
+  # constant 0. (dO is masked block by block below, so no masked copy of it is stored.)
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
   delta = jnp.where(query_mask[..., None], delta - d_lse, 0.0)  # [N, L, H]
-  k_blocks, v_blocks = _to_blocks(k, plan), _to_blocks(v, plan)
-  key_mask_blocks = _to_blocks(key_mask, plan)
-  window_shape = (q.shape[0], plan.chunk, plan.span, plan.block, *q.shape[2:])
+  k_columns, v_rows = _columns_major(k), _heads_first(v)
 
-  def body(chunk_index, carry):
-    d_q, d_k_blocks, d_v_blocks = carry
-    c = _Chunk(plan, q, k_blocks, v_blocks, key_mask_blocks, chunk_index)
-    row_lse = _heads_first(c.rows(lse))[..., None]  # [N, m, H, b, 1]
+  def body(index, carry):
+    d_q, d_k, d_v = carry
+    c = _Block(plan, index, q, k_columns, key_mask)
+    row_lse = _heads_first(c.rows(lse))[..., None]  # [N, H, b, 1]
     probs = jnp.where(c.mask, jnp.exp(c.logits - row_lse), 0.0)
-    chunk_d_out = _heads_first(jnp.where(c.rows(query_mask)[..., None, None], c.rows(d_out),
-                                         0).astype(q.dtype))  # [N, m, H, b, D]
-    d_probs = jnp.einsum("nmhqd,nmkhd->nmhqk", chunk_d_out, c.v,
-                         preferred_element_type=jnp.float32)
+    block_d_out = jnp.where(c.rows(query_mask)[..., None, None], c.rows(d_out),
+                            0).astype(q.dtype)  # [N, b, H, D]
+    d_probs = jnp.einsum("nhqd,nhkd->nhqk", _heads_first(block_d_out),
+                         c.window(v_rows, axis=2), preferred_element_type=jnp.float32)
     dropped = probs
     if plan.dropout_rate:
-      keep = c.keep_mask(rng, chunk_index, probs.shape)
+      keep = c.keep_mask(rng, probs.shape)
       d_probs = jnp.where(keep, d_probs / (1.0 - plan.dropout_rate), 0.0)
       dropped = jnp.where(keep, probs / (1.0 - plan.dropout_rate), 0.0)
     d_logits = probs * (d_probs - _heads_first(c.rows(delta))[..., None]) * c.scale
     d_logits = d_logits.astype(q.dtype)
-    # Products come out head-major (the matmuls' natural layout); only these small chunk
-    # results are transposed back.
-    chunk_d_q = _heads_first(jnp.einsum("nmhqk,nmkhd->nmhqd", d_logits, c.k,
-                                        preferred_element_type=jnp.float32))
-    d_k_window = _heads_first(jnp.einsum("nmhqk,nmhqd->nmhkd", d_logits, _heads_first(c.q),
-                                         preferred_element_type=jnp.float32))
-    d_v_window = _heads_first(jnp.einsum("nmhqk,nmhqd->nmhkd", dropped.astype(v.dtype),
-                                         chunk_d_out, preferred_element_type=jnp.float32))
-    # Windows of neighbouring query blocks overlap: add each one into its key blocks.
-    # Clipped (out-of-range) key blocks receive exact zeros, since their probabilities are 0.
-    d_k_blocks = d_k_blocks.at[:, c.blocks].add(d_k_window.reshape(window_shape))
-    d_v_blocks = d_v_blocks.at[:, c.blocks].add(d_v_window.reshape(window_shape))
-    return c.write_rows(d_q, chunk_d_q), d_k_blocks, d_v_blocks
+    block_d_q = jnp.einsum("nhqk,nhdk->nhqd", d_logits, c.window(k_columns, axis=3),
+                           preferred_element_type=jnp.float32)
+    d_k_window = jnp.einsum("nhqk,nhqd->nhkd", d_logits, _heads_first(c.q),
+                            preferred_element_type=jnp.float32)
+    d_v_window = jnp.einsum("nhqk,nhqd->nhkd", dropped.astype(v.dtype),
+                            _heads_first(block_d_out), preferred_element_type=jnp.float32)
+    # Windows of neighbouring blocks overlap: their key gradients add, in the caller's
+    # layout (rows of D, a cheap transpose in cache), so the accumulators are the outputs.
+    return (c.write_rows(d_q, block_d_q),
+            c.add_window(d_k, _heads_first(d_k_window), axis=1),
+            c.add_window(d_v, _heads_first(d_v_window), axis=1))
 
-  zeros_blocks = jnp.zeros(k_blocks.shape, jnp.float32)
-  d_q, d_k, d_v = jax.lax.fori_loop(
-      0, plan.num_chunks, body, (jnp.zeros(q.shape, q.dtype), zeros_blocks, zeros_blocks))
-  return (d_q, d_k.reshape(k.shape).astype(k.dtype), d_v.reshape(v.shape).astype(v.dtype),
-          None, None, None)
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  d_q, d_k, d_v = jax.lax.fori_loop(0, plan.num_blocks, body,
+                                    (jnp.zeros(q.shape, q.dtype), zeros, zeros))
+  return d_q, d_k.astype(k.dtype), d_v.astype(v.dtype), None, None, None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -267,7 +248,7 @@ def banded_attention(plan: BandPlan, q, k, v, query_mask, key_mask, rng):
 
   Args:
     plan: static shapes, from `plan_band`.
-    q, k, v: `[N, plan.length, H, D]` (the caller's layout: no head-major copy is made).
+    q, k, v: `[N, plan.length, H, D]`.
     query_mask: bool `[N, plan.length]`; rows where False get an output of exactly 0.
     key_mask: bool `[N, plan.length]`; keys where False are never seen.
     rng: dropout PRNG key, or None when `plan.dropout_rate == 0`.
@@ -355,8 +336,8 @@ def local_attention_with_lse(q, k, v, *, window: int, dilation: int | Sequence[i
     xs = tuple(_select_heads(x, heads) for x in (q, k, v))
     xs = [_to_residues(_pad_axis1(x, padded), d) for x in xs]  # [B * d, L / d, h, D]
     masks = [_to_residues(_pad_axis1(m, padded, False), d) for m in (query_mask, key_mask)]
-    rows, sub_length = xs[0].shape[0] * len(heads), xs[0].shape[1]
-    plan = plan_band(sub_length, window, causal, block_size, rows, dropout_rate)
+    sub_length = xs[0].shape[1]
+    plan = plan_band(sub_length, window, causal, block_size, dropout_rate)
     xs = [_pad_axis1(x, plan.length) for x in xs]
     masks = [_pad_axis1(m, plan.length, False) for m in masks]
     rng = None if dropout_rate == 0 else jax.random.fold_in(dropout_rng, group_index)

@@ -2,7 +2,6 @@
 
 import dataclasses
 import functools
-from unittest import mock
 
 import chex
 import jax
@@ -77,15 +76,6 @@ class SlidingVsDenseTest(chex.TestCase):
                                           block_size):
     self._check(length, window, dilation, causal, block_size, jnp.bfloat16, cases.BF16_TOL)
 
-  @chex.variants(with_jit=True)
-  @parameterized.parameters(CASES[7], CASES[9])
-  def test_matches_dense_one_block_per_loop_step(self, length, window, dilation, causal,
-                                                 block_size):
-    """The chunk loop at its finest: gradients of overlapping windows add across steps."""
-    with mock.patch.object(sliding, "_CHUNK_SCORE_BUDGET", 1):
-      self.assertEqual(sliding.plan_band(length, window, causal, block_size, rows=12).chunk, 1)
-      self._check(length, window, dilation, causal, block_size, jnp.float32, cases.F32_TOL)
-
   def _check(self, length, window, dilation, causal, block_size, dtype, tol):
     q, k, v = cases.random_qkv(length, 3, length, 4, 8, dtype)
     padding_mask = cases.padding(length, 3, length, empty_row=True)
@@ -142,14 +132,13 @@ class DropoutTest(chex.TestCase):
   def test_custom_backward_matches_autodiff_of_the_forward(self):
     """With dropout, the recomputing backward equals plain autodiff of the same forward.
 
-    Three loop steps of two blocks each, so that the dropout masks of different steps and
-    the gradients of windows overlapping across steps are both exercised.
+    Six loop steps, so that the dropout masks of different steps and the gradients of
+    windows overlapping across steps are both exercised.
     """
     q, k, v = cases.random_qkv(2, 2, 23, 2, 4)
     padding_mask = cases.padding(2, 2, 23)
-    plan = sliding.plan_band(23, 3, False, 4, rows=4, dropout_rate=0.3)
-    plan = dataclasses.replace(plan, chunk=2)
-    self.assertEqual(plan.num_chunks, 3)
+    plan = sliding.plan_band(23, 3, False, 4, dropout_rate=0.3)
+    self.assertEqual(plan.num_blocks, 6)
     flat = [sliding._pad_axis1(x, plan.length) for x in (q, k, v)]  # [B, L, H, D]
     mask = sliding._pad_axis1(padding_mask, plan.length, False)
     rng = jax.random.key(0)
@@ -201,7 +190,7 @@ class BlockPlanTest(parameterized.TestCase):
 
   @parameterized.parameters((256, 4096), (64, 4096), (32, 512), (3, 100), (500, 8192))
   def test_auto_block_wastes_little(self, window, length):
-    plan = sliding.plan_band(length, window, False, None, rows=8)
+    plan = sliding.plan_band(length, window, False, None)
     needed = 2 * window + 1
     self.assertLessEqual(plan.keys, max(1.3 * needed, 3 * 32))
     self.assertEqual(plan.length % plan.block, 0)
