@@ -14,7 +14,8 @@ Mechanisms (one-sided window w, every query of a head sees at most 2w + 1 keys):
 With `--hf_python`, HuggingFace's `LongformerSelfAttention` (experiments/bench_hf_longformer.py,
 run by that interpreter) adds an `hf_longformer` row per length that it supports.
 
-One timed step is a jit-compiled `jax.grad` of `sum(output)` with respect to every input
+One timed step is a jit-compiled `jax.grad` of `<output, a fixed random array>` (so that the
+output's gradient is a real array, as in a model) with respect to every input
 array: q, k, v, and for Longformer also its global q, k, v, which a model trains too. Each (mechanism, length) runs in a
 fresh subprocess of this script, so that its peak RSS is its own; lengths are the outer loop
 so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured
@@ -76,7 +77,13 @@ _MEMORY_LIMIT_GB = flags.DEFINE_float(
     "memory_limit_gb", None,
     "Skip `full` at a length whose float32 score tensor alone exceeds this many GB "
     "(default: half the machine's memory).")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps; the median is reported.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measuring process.")
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 1,
+    "Sweeps over every (length, mechanism), each measurement in a fresh process; a row "
+    "reports the median of its timed steps pooled over the rounds (and the matmul rate of "
+    "a length likewise), so that a slow phase of a shared machine, which lasts minutes, "
+    "falls on different rows in different rounds instead of deciding one row.")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps first (the first one compiles).")
 _MATMUL_SIZE = flags.DEFINE_integer(
     "matmul_size", 2048, "n of the n x n @ n x n matmul that measures the machine's rate.")
@@ -98,7 +105,7 @@ _ONE = flags.DEFINE_string(
     "and print it as one JSON line.")
 
 flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
-for _name in ("heads", "head_dim", "batch", "repeats", "warmup", "matmul_size"):
+for _name in ("heads", "head_dim", "batch", "repeats", "rounds", "warmup", "matmul_size"):
   flags.register_validator(_name, lambda value: value >= 1, "must be >= 1")
 flags.register_validator("lengths", lambda lengths: all(s.isdigit() and int(s) > 0
                                                         for s in lengths),
@@ -260,12 +267,14 @@ def _random_inputs(count: int, shape, dtype: str):
 
 def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
   spec = MECHANISMS[mechanism]
-  inputs = _random_inputs(spec.inputs, (setup.batch, length, setup.heads, setup.head_dim),
-                          setup.dtype)
+  shape = (setup.batch, length, setup.heads, setup.head_dim)
+  *inputs, cotangent = _random_inputs(spec.inputs + 1, shape, setup.dtype)
   setup_rss_gb = psutil.Process().memory_info().rss / 1e9
 
   def loss(*arrays):
-    return jnp.sum(spec.attend(setup, *arrays).astype(jnp.float32))
+    # <output, a fixed random array>: the output's gradient is a real array, as in a
+    # model. (Under sum(output) it is a constant, which XLA folds into the backward.)
+    return jnp.vdot(spec.attend(setup, *arrays), cotangent).astype(jnp.float32)
 
   step = jax.jit(jax.grad(loss, argnums=tuple(range(spec.inputs))))
   timing = _time_calls(lambda: step(*inputs), _WARMUP.value, _REPEATS.value)
@@ -274,7 +283,8 @@ def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
 
 def measure_matmul(n: int, dtype: str) -> dict:
   a, b = _random_inputs(2, (n, n), dtype)
-  timing = _time_calls(lambda: jnp.matmul(a, b), _WARMUP.value, _REPEATS.value)
+  # At least 20 steps: one takes a fraction of a second, and it sets every row's proportion.
+  timing = _time_calls(lambda: jnp.matmul(a, b), _WARMUP.value, max(_REPEATS.value, 20))
   device = jax.devices()[0]
   kind = "" if device.device_kind == device.platform else f" ({device.device_kind})"
   return {**timing, "gflops": 2 * n**3 / timing["median_s"] / 1e9,
@@ -395,12 +405,40 @@ def _machine(matmuls: list[dict], setup: Setup) -> dict:
       "matmul_gflops": statistics.median(rates) if rates else None,
       "matmul_gflops_range": [min(rates), max(rates)] if rates else None,
       "malloc_huge_pages": _HUGE_PAGES.value,
+      "repeats": _REPEATS.value,
+      "rounds": _ROUNDS.value,
       **dataclasses.asdict(setup),
   }
 
 
 CSV_COLUMNS = ("mechanism", "length", "status", "median_s", "useful_gflop", "useful_gflops",
                "matmul_gflops", "pct_of_matmul", "setup_rss_gb", "peak_rss_gb", "first_call_s")
+
+
+def _pool(records: list[dict]) -> dict:
+  """One record from a measurement's rounds: timed steps pooled, memory at its largest.
+
+  A round that failed or was skipped decides the status only when no round succeeded.
+  """
+  done = [r for r in records if r["status"] == "ok"]
+  if not done:
+    return records[0]
+  pooled = {**done[0], "times_s": [t for r in done for t in r["times_s"]],
+            "warmup_s": [t for r in done for t in r.get("warmup_s", [])],
+            "rounds": len(done)}
+  pooled["median_s"] = statistics.median(pooled["times_s"])
+  for key in ("setup_rss_gb", "peak_rss_gb"):
+    if key in done[0]:
+      pooled[key] = max(r[key] for r in done)
+  return pooled
+
+
+def _progress(record: dict) -> str:
+  if record["status"] != "ok":
+    return f"  {record['status']}"
+  if "gflops" in record:
+    return f"  {record['gflops']:.1f} GFLOP/s"
+  return f"  {record['median_s']:.4f} s, peak RSS {record['peak_rss_gb']:.2f} GB"
 
 
 def _finish_row(row: dict, setup: Setup, matmul_gflops: float | None) -> dict:
@@ -435,7 +473,8 @@ def markdown(rows: list[dict], machine: dict) -> str:
       f"matmul rate ({machine['matmul_n']}^3, {machine['dtype']}): {matmul}; malloc on "
       f"huge pages: {'yes' if machine['malloc_huge_pages'] else 'no'}.",
       "",
-      "Time: median of the timed steps. Useful GFLOP/s: 3 x the forward FLOPs of the two "
+      f"Time: median of the timed steps ({machine['repeats']} per measuring process x "
+      f"{machine['rounds']} round(s), pooled). Useful GFLOP/s: 3 x the forward FLOPs of the two "
       "matmuls over exactly the keys each query sees, per second. RSS in GB (1e9 bytes) of "
       "the measuring process: after setup (inputs allocated, before compiling) and peak.",
       "",
@@ -520,23 +559,26 @@ def main(argv):
   lengths = [int(n) for n in _LENGTHS.value]
 
   plan = _plan(lengths)
-  rows, matmuls, matmul_gflops = [], [], None
-  for index, (name, length) in enumerate(plan, 1):
-    if not rows or rows[-1]["length"] != length:
-      print(f"matmul {_MATMUL_SIZE.value}^3 ({setup.dtype}) ...", flush=True)
-      matmuls.append({"length": length, **_run_self(f"matmul:{_MATMUL_SIZE.value}")})
-      matmul_gflops = matmuls[-1].get("gflops")
-      print(f"  {matmul_gflops:.1f} GFLOP/s" if matmul_gflops
-            else f"  {matmuls[-1]['status']}", flush=True)
-    print(f"[{index}/{len(plan)}] {name} length {length} ...", flush=True)
-    record = _measure(name, length, setup, memory_limit_gb)
-    row = _finish_row({"mechanism": name, "length": length, **record}, setup, matmul_gflops)
-    rows.append(row)
-    if row["status"] == "ok":
-      print(f"  {row['median_s']:.4f} s, {row['useful_gflops']:.2f} useful GFLOP/s, "
-            f"peak RSS {row['peak_rss_gb']:.2f} GB", flush=True)
-    else:
-      print(f"  {row['status']}", flush=True)
+  records = {key: [] for key in plan}
+  matmul_records = {length: [] for length in lengths}
+  for round_index in range(_ROUNDS.value):
+    rounds = f"round {round_index + 1}/{_ROUNDS.value} " if _ROUNDS.value > 1 else ""
+    for index, (name, length) in enumerate(plan, 1):
+      if index == 1 or plan[index - 2][1] != length:
+        print(f"{rounds}matmul {_MATMUL_SIZE.value}^3 ({setup.dtype}) ...", flush=True)
+        matmul_records[length].append(_run_self(f"matmul:{_MATMUL_SIZE.value}"))
+        print(_progress(matmul_records[length][-1]), flush=True)
+      print(f"{rounds}[{index}/{len(plan)}] {name} length {length} ...", flush=True)
+      records[name, length].append(_measure(name, length, setup, memory_limit_gb))
+      print(_progress(records[name, length][-1]), flush=True)
+
+  matmuls = [{"length": length, **_pool(matmul_records[length])} for length in lengths]
+  for matmul in matmuls:
+    if matmul["status"] == "ok":
+      matmul["gflops"] = 2 * _MATMUL_SIZE.value**3 / matmul["median_s"] / 1e9
+  matmul_rate = {m["length"]: m.get("gflops") for m in matmuls}
+  rows = [_finish_row({"mechanism": name, "length": length, **_pool(records[name, length])},
+                      setup, matmul_rate[length]) for name, length in plan]
 
   out = os.path.abspath(_OUT.value)
   print()

@@ -8,8 +8,9 @@ query-key product, the padding mask, the softmax and the banded
 probabilities-value product, plus their backward. The setup, chosen to compare
 with the project's JAX attention on the same machine: batch 1, 8 heads of 64
 (hidden 512), one-sided window 256, no global tokens, float32, dropout 0. The
-input hidden states require grad, the loss is `output.sum()`, and one timed
-step is the forward and `loss.backward()` together.
+input hidden states require grad, the loss is `(output * g).sum()` for a fixed
+random `g` (the JAX benchmark's loss), and one timed step is the forward and
+`loss.backward()` together.
 
 HF's `attention_window` is the TOTAL window, twice the one-sided one (the layer
 halves it), so a one-sided window of 256 is `attention_window=512`. The layer
@@ -113,6 +114,7 @@ def _measure_one_length(args, length):
   layer = _build_layer(args)
   hidden = args.heads * args.head_dim
   x = torch.randn(1, length, hidden, dtype=torch.float32, requires_grad=True)
+  cotangent = torch.randn(1, length, hidden, dtype=torch.float32)
   # LongformerModel hands its layers a 2-D float mask of -10000-like (masked),
   # 0 (local) or +large (global) values, and derives the three other arguments
   # from it once per forward (LongformerEncoder.forward). All zeros = every
@@ -133,7 +135,7 @@ def _measure_one_length(args, length):
         is_index_global_attn=is_index_global_attn,
         is_global_attn=is_global_attn,
     )[0]
-    out.sum().backward()
+    (out * cotangent).sum().backward()
 
   for _ in range(args.warmup):
     step()

@@ -67,6 +67,19 @@ def test_tiny_run_writes_every_output(tmp_path):
     image.verify()
 
 
+def test_rounds_pool_their_steps_and_keep_the_largest_memory():
+  slow_round = {"status": "ok", "times_s": [5.0, 6.0, 7.0], "warmup_s": [9.0],
+                "median_s": 6.0, "setup_rss_gb": 0.2, "peak_rss_gb": 0.5}
+  fast_round = {"status": "ok", "times_s": [1.0, 2.0], "warmup_s": [8.0], "median_s": 1.5,
+                "setup_rss_gb": 0.1, "peak_rss_gb": 0.7}
+  failed = {"status": "failed: exit 1"}
+  pooled = bench_attention._pool([failed, slow_round, fast_round])
+  assert pooled["median_s"] == 5.0  # the median of 1, 2, 5, 6, 7
+  assert (pooled["peak_rss_gb"], pooled["setup_rss_gb"], pooled["rounds"]) == (0.7, 0.2, 2)
+  assert pooled["warmup_s"][0] == 9.0  # the first round's compiling call
+  assert bench_attention._pool([failed, failed]) == failed
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--mechanisms=local,flash", "must be a comma-separated subset of"),
     ("--window=0", "must be > 0"),
