@@ -14,8 +14,8 @@ Mechanisms (one-sided window w, every query of a head sees at most 2w + 1 keys):
 With `--hf_python`, HuggingFace's `LongformerSelfAttention` (experiments/bench_hf_longformer.py,
 run by that interpreter) adds an `hf_longformer` row per length that it supports.
 
-One timed step is a jit-compiled `jax.grad` of `<output, a fixed random array>` (so that the
-output's gradient is a real array, as in a model) with respect to every input
+One timed step is a jit-compiled forward and `jax.vjp` pullback of a fixed random output
+gradient (a real array, as a model's backward hands the layer) to every input
 array: q, k, v, and for Longformer also its global q, k, v, which a model trains too. Each (mechanism, length) runs in a
 fresh subprocess of this script, so that its peak RSS is its own; lengths are the outer loop
 so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured
@@ -29,6 +29,7 @@ Writes bench.csv, bench.md, bench.json (every raw time) and bench.png in --out.
 
 import csv
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import os
@@ -271,12 +272,15 @@ def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
   *inputs, cotangent = _random_inputs(spec.inputs + 1, shape, setup.dtype)
   setup_rss_gb = psutil.Process().memory_info().rss / 1e9
 
-  def loss(*arrays):
-    # <output, a fixed random array>: the output's gradient is a real array, as in a
-    # model. (Under sum(output) it is a constant, which XLA folds into the backward.)
-    return jnp.vdot(spec.attend(setup, *arrays), cotangent).astype(jnp.float32)
+  @jax.jit
+  def forward_backward(cotangent, *arrays):
+    # The gradients of every input for a fixed random output gradient, as a model's
+    # backward hands the layer. (Under a loss like sum(output) the output's gradient would
+    # be a constant, which XLA folds into the backward.)
+    _, pullback = jax.vjp(functools.partial(spec.attend, setup), *arrays)
+    return pullback(cotangent)
 
-  step = jax.jit(jax.grad(loss, argnums=tuple(range(spec.inputs))))
+  step = functools.partial(forward_backward, cotangent)
   timing = _time_calls(lambda: step(*inputs), _WARMUP.value, _REPEATS.value)
   return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": _peak_rss_gb()}
 

@@ -8,9 +8,9 @@ query-key product, the padding mask, the softmax and the banded
 probabilities-value product, plus their backward. The setup, chosen to compare
 with the project's JAX attention on the same machine: batch 1, 8 heads of 64
 (hidden 512), one-sided window 256, no global tokens, float32, dropout 0. The
-input hidden states require grad, the loss is `(output * g).sum()` for a fixed
-random `g` (the JAX benchmark's loss), and one timed step is the forward and
-`loss.backward()` together.
+input hidden states require grad, and one timed step is the forward and
+`output.backward(g)` for a fixed random output gradient `g`, as the JAX benchmark
+pulls one back.
 
 HF's `attention_window` is the TOTAL window, twice the one-sided one (the layer
 halves it), so a one-sided window of 256 is `attention_window=512`. The layer
@@ -135,7 +135,7 @@ def _measure_one_length(args, length):
         is_index_global_attn=is_index_global_attn,
         is_global_attn=is_global_attn,
     )[0]
-    (out * cotangent).sum().backward()
+    out.backward(cotangent)
 
   for _ in range(args.warmup):
     step()
