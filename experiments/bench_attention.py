@@ -85,7 +85,10 @@ _ROUNDS = flags.DEFINE_integer(
     "reports the median of its timed steps pooled over the rounds (and the matmul rate of "
     "a length likewise), so that a slow phase of a shared machine, which lasts minutes, "
     "falls on different rows in different rounds instead of deciding one row.")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps first (the first one compiles).")
+_WARMUP = flags.DEFINE_integer(
+    "warmup", 3,
+    "Untimed steps first: the first compiles, and the next few still run up to several "
+    "times slower while the process's memory settles (fresh pages for XLA's buffers).")
 _MATMUL_SIZE = flags.DEFINE_integer(
     "matmul_size", 2048, "n of the n x n @ n x n matmul that measures the machine's rate.")
 _OUT = flags.DEFINE_string("out", "results/bench_attention", "Folder of the outputs.")
