@@ -26,8 +26,17 @@ TASKS = {
 BYTE_TASK_LENGTH = 48
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("task", sorted(TASKS))
+# The heaviest tasks' compiles take 30-80 s a variant on 2 cores: `make test` runs them with
+# the Longformer mechanisms (local, longformer), `make test-slow` with full and dilated too,
+# which the other tasks and tests/attention cover in `make test`.
+HEAVY_TASKS = ("pathx", "retrieval", "text")
+CASES = [pytest.param(task, variant,
+                      marks=[pytest.mark.slow] if task in HEAVY_TASKS and
+                      variant in ("full", "dilated") else [])
+         for task in sorted(TASKS) for variant in VARIANTS]
+
+
+@pytest.mark.parametrize("task,variant", CASES)
 def test_two_steps(tmp_path, task, variant):
   config = config_utils.load_config(
       os.path.join(REPO, f"configs/{task}.py:attention={variant},size=tiny"))
