@@ -139,13 +139,13 @@ class _Block:
     self.index = index
     self.start = index * plan.block
     self.key_start = _window_start(plan, index)
-    self.q = self.rows(q)  # [N, b, H, D]
+    self.q = _heads_first(self.rows(q))  # [N, H, b, D]
     key_valid = self.window(key_mask, axis=1)  # [N, keys]
     # [N, 1, b, keys]: inside the window band, and the key is not masked.
     self.mask = (_band_mask(plan, index, self.key_start)[None, None] &
                  key_valid[:, None, None, :])
     self.scale = 1.0 / math.sqrt(q.shape[-1])
-    self.logits = jnp.einsum("nhqd,nhdk->nhqk", _heads_first(self.q),
+    self.logits = jnp.einsum("nhqd,nhdk->nhqk", self.q,
                              self.window(k_columns, axis=3),
                              preferred_element_type=jnp.float32) * self.scale
 
@@ -228,7 +228,7 @@ def _banded_backward(plan: BandPlan, residuals, cotangents):
     d_logits = d_logits.astype(q.dtype)
     block_d_q = jnp.einsum("nhqk,nhdk->nhqd", d_logits, c.window(k_columns, axis=3),
                            preferred_element_type=jnp.float32)
-    d_k_window = jnp.einsum("nhqk,nhqd->nhkd", d_logits, _heads_first(c.q),
+    d_k_window = jnp.einsum("nhqk,nhqd->nhkd", d_logits, c.q,
                             preferred_element_type=jnp.float32)
     d_v_window = jnp.einsum("nhqk,nhqd->nhkd", dropped.astype(v.dtype),
                             _heads_first(block_d_out), preferred_element_type=jnp.float32)
