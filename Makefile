@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # glibc's malloc on transparent huge pages: XLA:CPU allocates a step's large temporaries
 # afresh each step, and first touching them on 4 KB pages costs tens of thousands of page
-# faults per step (the small ListOps train step of `make run` runs ~1.7x faster with it).
+# faults per step (the small ListOps train step of `make run` runs ~1.6x faster with it).
 # Ignored by a glibc older than 2.35 and where transparent huge pages are off.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
