@@ -259,16 +259,28 @@ class LongformerModel(nnx.Module):
     return LongformerOutput(last_hidden_state=x, pooler_output=pooled)
 
 
-class LongformerForMaskedLM(nnx.Module):
+class _Head(nnx.Module):
+  """An encoder without the pooler (as HF's heads) and the head's first dense layer."""
+
+  def __init__(self, config: LongformerConfig, *, attention, dtype, rngs: nnx.Rngs):
+    self.longformer = LongformerModel(config, add_pooling_layer=False, attention=attention,
+                                      dtype=dtype, rngs=rngs)
+    self.dense = nnx.Linear(config.hidden_size, config.hidden_size, dtype=dtype, rngs=rngs)
+
+  def encode(self, input_ids, attention_mask, global_attention_mask, token_type_ids, *,
+             deterministic, rngs):
+    return self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids,
+                           deterministic=deterministic, rngs=rngs).last_hidden_state
+
+
+class LongformerForMaskedLM(_Head):
   """Encoder + RoBERTa's LM head: Dense, GELU, LayerNorm, then the (tied) word embeddings
   and a bias. Returns logits `[batch, length, vocab]`."""
 
   def __init__(self, config: LongformerConfig, *, attention=None, dtype=jnp.float32,
                rngs: nnx.Rngs):
+    super().__init__(config, attention=attention, dtype=dtype, rngs=rngs)
     hidden = config.hidden_size
-    self.longformer = LongformerModel(config, add_pooling_layer=False, attention=attention,
-                                      dtype=dtype, rngs=rngs)
-    self.dense = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
     self.layer_norm = nnx.LayerNorm(hidden, epsilon=config.layer_norm_eps, dtype=dtype,
                                     rngs=rngs)
     self.decoder = (None if config.tie_word_embeddings else
@@ -277,8 +289,8 @@ class LongformerForMaskedLM(nnx.Module):
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
                token_type_ids=None, *, deterministic: bool = True, rngs=None):
-    x = self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids,
-                        deterministic=deterministic, rngs=rngs).last_hidden_state
+    x = self.encode(input_ids, attention_mask, global_attention_mask, token_type_ids,
+                    deterministic=deterministic, rngs=rngs)
     x = self.layer_norm(ACTIVATIONS["gelu"](self.dense(x)))
     if self.decoder is None:
       logits = self.longformer.embeddings.word_embeddings.attend(x)
@@ -287,18 +299,15 @@ class LongformerForMaskedLM(nnx.Module):
     return logits + self.bias[...][None, None].astype(logits.dtype)
 
 
-class LongformerForSequenceClassification(nnx.Module):
+class LongformerForSequenceClassification(_Head):
   """Encoder + the classification head on the first token: dropout, Dense, tanh, dropout,
   Dense. Returns logits `[batch, num_labels]`. Without a `global_attention_mask` the first
   token is global, as in HF."""
 
   def __init__(self, config: LongformerConfig, *, attention=None, dtype=jnp.float32,
                rngs: nnx.Rngs):
-    hidden = config.hidden_size
-    self.longformer = LongformerModel(config, add_pooling_layer=False, attention=attention,
-                                      dtype=dtype, rngs=rngs)
-    self.dense = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
-    self.out_proj = nnx.Linear(hidden, config.num_labels, dtype=dtype, rngs=rngs)
+    super().__init__(config, attention=attention, dtype=dtype, rngs=rngs)
+    self.out_proj = nnx.Linear(config.hidden_size, config.num_labels, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(config.hidden_dropout_prob)
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
@@ -306,8 +315,8 @@ class LongformerForSequenceClassification(nnx.Module):
     if global_attention_mask is None:
       global_attention_mask = np.zeros(np.shape(input_ids), bool)
       global_attention_mask[:, 0] = True
-    x = self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids,
-                        deterministic=deterministic, rngs=rngs).last_hidden_state[:, 0]
+    x = self.encode(input_ids, attention_mask, global_attention_mask, token_type_ids,
+                    deterministic=deterministic, rngs=rngs)[:, 0]
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
     return self.out_proj(drop(jnp.tanh(self.dense(drop(x)))))
 
