@@ -200,11 +200,17 @@ class Layer(nnx.Module):
     self.dropout = nnx.Dropout(config.hidden_dropout_prob)
 
   def __call__(self, x, *, padding_mask, global_mask, deterministic, rngs):
+    # The elementwise parts (residual + LayerNorm, the activation) are recomputed in the
+    # backward pass from their inputs rather than saving their intermediates: per layer of
+    # the base model at length 4096 that is ~0.25 GB less memory, for a negligible cost.
+    add_norm = lambda norm: jax.checkpoint(lambda a, b: norm(a + b))
     y = self.attention(x, padding_mask=padding_mask, global_mask=global_mask,
                        deterministic=deterministic, rngs=rngs)
-    x = self.attention_norm(x + self.dropout(y, deterministic=deterministic, rngs=rngs))
-    y = self.output(self.activation(self.intermediate(x)))
-    return self.output_norm(x + self.dropout(y, deterministic=deterministic, rngs=rngs))
+    x = add_norm(self.attention_norm)(x, self.dropout(y, deterministic=deterministic,
+                                                      rngs=rngs))
+    y = self.output(jax.checkpoint(self.activation)(self.intermediate(x)))
+    return add_norm(self.output_norm)(x, self.dropout(y, deterministic=deterministic,
+                                                      rngs=rngs))
 
 
 class LongformerModel(nnx.Module):
@@ -214,13 +220,16 @@ class LongformerModel(nnx.Module):
   `attention` holds extra options of the registry's `longformer` mechanism for every layer
   (`block_size`, `max_global`, ...); the windows come from the config. Under `jax.jit`
   with a traced `global_attention_mask`, set `max_global` (the most global tokens of any
-  row). Parameters are float32; `dtype` is the compute dtype.
+  row). Parameters are float32; `dtype` is the compute dtype. With `remat`, each layer
+  keeps only its input for the backward pass and recomputes the rest (HF's
+  `gradient_checkpointing`): a fraction of the memory for one more forward pass.
   """
 
   def __init__(self, config: LongformerConfig, *, add_pooling_layer: bool = True,
                attention: Mapping[str, Any] | None = None, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               remat: bool = False, rngs: nnx.Rngs):
     self.config = config
+    self.remat = remat
     self.embeddings = Embeddings(config, dtype, rngs)
     self.layers = nnx.List([Layer(config, window, dict(attention or {}), dtype, rngs)
                             for window in config.windows])
@@ -252,9 +261,14 @@ class LongformerModel(nnx.Module):
       as_bool = np.asarray if isinstance(global_attention_mask, np.ndarray) else jnp.asarray
       global_mask = as_bool(global_attention_mask).astype(bool)
     x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+    def run_layer(layer, x, rngs):
+      return layer(x, padding_mask=padding_mask, global_mask=global_mask,
+                   deterministic=deterministic, rngs=rngs)
+
+    if self.remat:
+      run_layer = nnx.remat(run_layer)
     for layer in self.layers:
-      x = layer(x, padding_mask=padding_mask, global_mask=global_mask,
-                deterministic=deterministic, rngs=rngs)
+      x = run_layer(layer, x, rngs)
     pooled = None if self.pooler is None else jnp.tanh(self.pooler(x[:, 0]))
     return LongformerOutput(last_hidden_state=x, pooler_output=pooled)
 
@@ -262,9 +276,9 @@ class LongformerModel(nnx.Module):
 class _Head(nnx.Module):
   """An encoder without the pooler (as HF's heads) and the head's first dense layer."""
 
-  def __init__(self, config: LongformerConfig, *, attention, dtype, rngs: nnx.Rngs):
+  def __init__(self, config: LongformerConfig, *, attention, dtype, remat, rngs: nnx.Rngs):
     self.longformer = LongformerModel(config, add_pooling_layer=False, attention=attention,
-                                      dtype=dtype, rngs=rngs)
+                                      dtype=dtype, remat=remat, rngs=rngs)
     self.dense = nnx.Linear(config.hidden_size, config.hidden_size, dtype=dtype, rngs=rngs)
 
   def encode(self, input_ids, attention_mask, global_attention_mask, token_type_ids, *,
@@ -278,8 +292,8 @@ class LongformerForMaskedLM(_Head):
   and a bias. Returns logits `[batch, length, vocab]`."""
 
   def __init__(self, config: LongformerConfig, *, attention=None, dtype=jnp.float32,
-               rngs: nnx.Rngs):
-    super().__init__(config, attention=attention, dtype=dtype, rngs=rngs)
+               remat: bool = False, rngs: nnx.Rngs):
+    super().__init__(config, attention=attention, dtype=dtype, remat=remat, rngs=rngs)
     hidden = config.hidden_size
     self.layer_norm = nnx.LayerNorm(hidden, epsilon=config.layer_norm_eps, dtype=dtype,
                                     rngs=rngs)
@@ -305,8 +319,8 @@ class LongformerForSequenceClassification(_Head):
   token is global, as in HF."""
 
   def __init__(self, config: LongformerConfig, *, attention=None, dtype=jnp.float32,
-               rngs: nnx.Rngs):
-    super().__init__(config, attention=attention, dtype=dtype, rngs=rngs)
+               remat: bool = False, rngs: nnx.Rngs):
+    super().__init__(config, attention=attention, dtype=dtype, remat=remat, rngs=rngs)
     self.out_proj = nnx.Linear(config.hidden_size, config.num_labels, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(config.hidden_dropout_prob)
 
@@ -489,7 +503,7 @@ def load_parameters(model, tensors: Mapping[str, np.ndarray], *,
 
 def longformer_from_pretrained(path: str, *, head: str | None = None,
                                attention: Mapping[str, Any] | None = None, dtype=jnp.float32,
-                               ignore_config_fields=(), seed: int = 0):
+                               remat: bool = False, ignore_config_fields=(), seed: int = 0):
   """Loads an HF Longformer folder (`config.json` + `model.safetensors`) into NNX.
 
   Args:
@@ -502,6 +516,7 @@ def longformer_from_pretrained(path: str, *, head: str | None = None,
     attention: extra options of the registry's `longformer` mechanism (e.g. `max_global`
       for jit with a traced global mask, `block_size`).
     dtype: compute dtype (parameters stay float32).
+    remat: recompute each layer in the backward pass (see `LongformerModel`).
     ignore_config_fields: config.json fields to accept without following them.
     seed: initialisation of parameters the checkpoint does not hold.
 
@@ -518,7 +533,7 @@ def longformer_from_pretrained(path: str, *, head: str | None = None,
   with open(config_path) as f:
     config = LongformerConfig.from_hf(json.load(f), ignore_fields=ignore_config_fields)
   tensors = read_checkpoint(path)
-  kwargs = dict(attention=attention, dtype=dtype, rngs=nnx.Rngs(seed))
+  kwargs = dict(attention=attention, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
   keep_missing = None
   if head is None:
     has_pooler = any(k.endswith("pooler.dense.weight") for k in tensors)

@@ -14,6 +14,7 @@ import shutil
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -203,3 +204,40 @@ def test_position_ids_follow_roberta():
   ids = np.array([[0, 5, 6, 1, 1], [0, 1, 7, 2, 1]])
   np.testing.assert_array_equal(longformer_pretrained.position_ids(ids, 1),
                                 [[2, 3, 4, 1, 1], [2, 1, 3, 4, 1]])
+
+
+def test_published_base_config():
+  """`allenai/longformer-base-4096`'s config.json (older fields included) is understood."""
+  fields = {
+      "_name_or_path": "allenai/longformer-base-4096", "attention_mode": "longformer",
+      "attention_probs_dropout_prob": 0.1, "attention_window": [512] * 12, "bos_token_id": 0,
+      "eos_token_id": 2, "gradient_checkpointing": False, "hidden_act": "gelu",
+      "hidden_dropout_prob": 0.1, "hidden_size": 768, "ignore_attention_mask": False,
+      "initializer_range": 0.02, "intermediate_size": 3072, "layer_norm_eps": 1e-05,
+      "max_position_embeddings": 4098, "model_type": "longformer", "num_attention_heads": 12,
+      "num_hidden_layers": 12, "pad_token_id": 1, "sep_token_id": 2, "type_vocab_size": 1,
+      "vocab_size": 50265,
+  }
+  config = longformer_pretrained.LongformerConfig.from_hf(fields)
+  assert config == longformer_pretrained.LongformerConfig()  # the defaults are base-4096's
+  assert config.windows == (256,) * 12
+
+
+def test_remat_gives_the_same_outputs_and_gradients_with_dropout(tmp_path, hf):
+  """Recomputed layers draw the same dropout masks: the same values and gradients."""
+  folder = _copy_checkpoint(tmp_path, edit_config=lambda c: c.update(
+      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1))
+  results = []
+  for remat, deterministic in ((False, False), (True, False), (False, True)):
+    model = models.longformer_from_pretrained(folder, remat=remat, attention={"max_global": 6})
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def loss(params):
+      out = nnx.merge(graphdef, params)(  # pylint: disable=cell-var-from-loop
+          hf["input_ids"], hf["attention_mask"], hf["global_attention_mask"],
+          deterministic=deterministic, rngs=nnx.Rngs(dropout=1))  # pylint: disable=cell-var-from-loop
+      return jnp.sum(out.last_hidden_state * out.last_hidden_state[:, :1])
+
+    results.append(jax.jit(jax.value_and_grad(loss))(params))
+  chex.assert_trees_all_close(results[0], results[1], atol=1e-4, rtol=1e-4)
+  assert abs(results[0][0] - results[2][0]) > 1.0  # dropout was active
