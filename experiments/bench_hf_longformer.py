@@ -46,7 +46,8 @@ With `--model`, the whole `LongformerModel` is timed instead: random weights of
 `--layers` layers of `--heads` x `--head_dim` (the MLP 4x wider, vocabulary 50265 and
 4098 positions, as `allenai/longformer-base-4096`), `--global_tokens` leading global
 tokens, eval mode (no dropout), and one step is the forward and the backward of
-`sum(last_hidden_state * g)` into every parameter. Lengths need not be multiples of
+`sum(last_hidden_state * g)` into every parameter (`--remat`: with HF's gradient
+checkpointing of every layer). Lengths need not be multiples of
 the window (the model pads). `experiments.bench_pretrained` runs this side by side with
 the project's model:
 
@@ -128,6 +129,11 @@ def _model_step(args, length):
       attention_window=[2 * args.window] * args.layers, hidden_dropout_prob=0.0,
       attention_probs_dropout_prob=0.0)
   model = transformers.LongformerModel(config).eval()
+  if args.remat:
+    # HF checkpoints its layers only in training mode; dropout is 0, so train() changes
+    # nothing else.
+    model.gradient_checkpointing_enable()
+    model.train()
   input_ids = torch.randint(3, config.vocab_size, (1, length))
   global_attention_mask = torch.zeros(1, length, dtype=torch.long)
   global_attention_mask[:, :args.global_tokens] = 1
@@ -206,7 +212,7 @@ def _run_child(args, length):
       f"--heads={args.heads}", f"--head_dim={args.head_dim}",
       f"--window={args.window}", f"--layers={args.layers}",
       f"--global_tokens={args.global_tokens}",
-  ] + (["--model"] if args.model else [])
+  ] + (["--model"] if args.model else []) + (["--remat"] if args.remat else [])
   # stderr passes through so a crash in the child shows its traceback.
   completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
   if completed.returncode != 0:
@@ -233,6 +239,8 @@ def main():
   parser.add_argument("--layers", type=int, default=12, help="Layers, with --model.")
   parser.add_argument("--global_tokens", type=int, default=0,
                       help="Leading global tokens, with --model.")
+  parser.add_argument("--remat", action="store_true",
+                      help="With --model: gradient checkpointing of every layer.")
   parser.add_argument("--out", default=None, help="Write the JSON list of results here.")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()

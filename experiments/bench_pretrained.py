@@ -10,7 +10,8 @@ Ours: `lra.models.longformer_pretrained.LongformerModel` with random weights of 
 `sum(last_hidden_state * g)` into every parameter, batch 1, `--global_tokens` leading
 global tokens, no dropout, float32: the step `experiments/bench_hf_longformer.py --model`
 times for HF's `LongformerModel` (HF's `attention_window` is twice our one-sided
-`--window`). Each side runs in a fresh process, so that its peak RSS (`ru_maxrss`, which
+`--window`). `--remat` recomputes every layer in the backward pass on both sides (HF's
+gradient checkpointing). Each side runs in a fresh process, so that its peak RSS (`ru_maxrss`, which
 includes the interpreter and the libraries) is its own. With `--hf_python` (the
 interpreter of a scratch virtual environment holding torch and transformers, see
 `experiments/bench_hf_longformer.py`) HF's model is measured too and both are printed side
@@ -33,6 +34,8 @@ _LAYERS = flags.DEFINE_integer("layers", 12, "Encoder layers.")
 _HEADS = flags.DEFINE_integer("heads", 12, "Attention heads of 64 features.")
 _WINDOW = flags.DEFINE_integer("window", 256, "One-sided window (HF's attention_window / 2).")
 _GLOBAL = flags.DEFINE_integer("global_tokens", 1, "Leading global tokens.")
+_REMAT = flags.DEFINE_bool("remat", False, "Recompute every layer in the backward pass "
+                           "(HF: gradient checkpointing), on both sides.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps after the compiling one.")
 _HF_PYTHON = flags.DEFINE_string("hf_python", None,
                                  "Python of a venv with torch + transformers: also time HF.")
@@ -57,7 +60,7 @@ def measure() -> dict:
       num_hidden_layers=_LAYERS.value, attention_window=(2 * _WINDOW.value,) * _LAYERS.value,
       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   model = lp.LongformerModel(config, attention={"max_global": _GLOBAL.value},
-                             rngs=nnx.Rngs(0))
+                             remat=_REMAT.value, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   rng = np.random.default_rng(0)
   input_ids = jnp.asarray(rng.integers(3, config.vocab_size, (1, _LENGTH.value)), jnp.int32)
@@ -81,6 +84,7 @@ def measure() -> dict:
     times.append(time.perf_counter() - start)
   return {"impl": "ours (jax)", "length": _LENGTH.value, "layers": _LAYERS.value,
           "hidden": hidden, "window": _WINDOW.value, "global_tokens": _GLOBAL.value,
+          "remat": _REMAT.value,
           "median_s": sorted(times)[len(times) // 2], "times_s": times,
           "compile_and_first_step_s": compile_s,
           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
@@ -104,7 +108,8 @@ def _huggingface() -> dict:
       [_HF_PYTHON.value, script, "--model", "--child", f"--lengths={_LENGTH.value}",
        f"--layers={_LAYERS.value}", f"--heads={_HEADS.value}", f"--head_dim={HEAD_DIM}",
        f"--window={_WINDOW.value}", f"--global_tokens={_GLOBAL.value}",
-       f"--repeats={_STEPS.value}", "--warmup=1", f"--threads={len(os.sched_getaffinity(0))}"],
+       f"--repeats={_STEPS.value}", "--warmup=1", f"--threads={len(os.sched_getaffinity(0))}"]
+      + (["--remat"] if _REMAT.value else []),
       capture_output=True, text=True)
   if process.returncode:
     tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
@@ -114,7 +119,7 @@ def _huggingface() -> dict:
       [_HF_PYTHON.value, "-c", "import torch, transformers; "
        "print(f'torch {torch.__version__}, transformers {transformers.__version__}')"],
       capture_output=True, text=True).stdout.strip()
-  return {"impl": "HF (pytorch)", **record, "versions": versions}
+  return {"impl": "HF (pytorch)", **record, "remat": _REMAT.value, "versions": versions}
 
 
 def main(argv):
@@ -124,7 +129,7 @@ def main(argv):
     return
   print(f"{_LAYERS.value} layers x {_HEADS.value * HEAD_DIM}, one-sided window "
         f"{_WINDOW.value}, length {_LENGTH.value}, batch 1, {_GLOBAL.value} global, "
-        f"forward + backward ...", flush=True)
+        f"forward + backward{', layers recomputed' if _REMAT.value else ''} ...", flush=True)
   results = [_ours()]
   if _HF_PYTHON.value:
     results.append(_huggingface())
