@@ -46,7 +46,7 @@ IGNORED_CONFIG_FIELDS = frozenset({
     "gradient_checkpointing", "label2id", "problem_type", "return_dict",
     "output_hidden_states", "output_attentions", "use_cache", "chunk_size_feed_forward",
     "tokenizer_class", "finetuning_task", "prefix", "task_specific_params",
-    "torchscript", "use_return_dict", "model_type",
+    "torchscript", "use_return_dict",
 })
 # config.json fields with the one value this implementation computes.
 REQUIRED_CONFIG_VALUES = {

@@ -168,6 +168,7 @@ def test_tensors_that_do_not_fit(tmp_path, edit, message):
 
 
 @pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(model_type="roberta"), "model_type='roberta'"),
     (lambda c: c.update(attention_mode="tvm"), "attention_mode='tvm'"),
     (lambda c: c.update(position_embedding_type="relative_key"), "position_embedding_type"),
     (lambda c: c.update(hidden_act="swish"), "hidden_act 'swish' is not supported"),
