@@ -115,7 +115,7 @@ class BuildErrorTest(parameterized.TestCase):
       ("no_name", {"window": 2}, r"unknown attention None; choose one of: full, local"),
       ("unknown_option", {"name": "local", "windw": 4},
        r"attention 'local' has no option 'windw'; its options are: block_size, causal, "
-       r"dilation, window"),
+       r"dilation, implementation, window"),
       ("option_of_another_mechanism", {"name": "longformer", "window": 2, "causal": True},
        r"attention 'longformer' has no option 'causal'; its options are: .*max_global"),
       ("missing_window", {"name": "local"}, r"attention 'local' needs a window \(one-sided"),
