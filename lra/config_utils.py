@@ -13,11 +13,10 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from lra import attention as attention_lib
 from lra import errors
 
 SIZES = ("paper", "small", "tiny")
-# Attention variants a config can name; `dilated` is `local` with per-head dilation.
-VARIANTS = ("full", "local", "dilated", "longformer")
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
@@ -57,31 +56,29 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     values[key] = _parse_value(key, text, defaults[key])
   if "size" in values and values["size"] not in SIZES:
     raise errors.ConfigError(f"size must be one of {SIZES}, got {values['size']!r}")
-  if "attention" in values and values["attention"] not in VARIANTS:
+  variants = attention_lib.variants()
+  if "attention" in values and values["attention"] not in variants:
     raise errors.ConfigError(
-        f"unknown attention {values['attention']!r}; choose one of: {', '.join(VARIANTS)}")
+        f"unknown attention {values['attention']!r}; choose one of: {', '.join(variants)}")
   return ml_collections.ConfigDict(values)
 
 
 def attention_config(variant: str, *, window: int, num_heads: int,
                      dilation: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
-  """The registry config of an attention variant.
+  """The registry config of an attention variant (`lra.attention.variants()`).
 
-  `dilated` gives the first half of the heads dilation 1 and the rest dilation 2, unless
-  `dilation` names one per head.
+  Every option of the variant's mechanism is a field (its meaning: the registry's
+  `Option.doc`), so `--config.attention.<option>=...` sets any of them and a typo fails;
+  options without a default are typed placeholders. `window` and `dilation` (one per head)
+  apply where the mechanism takes them; a preset's own options (the dilations of
+  `dilated`) give way to a `dilation` given here.
   """
-  if variant == "full":
-    return ml_collections.ConfigDict({"name": "full"})  # no window: a typo'd override fails
-  if variant == "dilated" and not dilation:
-    dilation = (1,) * (num_heads // 2) + (2,) * (num_heads - num_heads // 2)
-  attention = ml_collections.ConfigDict({
-      "name": "longformer" if variant == "longformer" else "local",
-      "window": window,  # one-sided window w: each query sees w keys on each side
-      "block_size": config_dict.placeholder(int),  # None: chosen from the window
-  })
-  # One int for every head, or one per head.
-  attention.dilation = tuple(dilation) if dilation else 1
-  return attention
+  options = attention_lib.variant_config(variant, num_heads=num_heads, window=window,
+                                         dilation=tuple(dilation) or None)
+  mechanism = attention_lib.get(options["name"])
+  return ml_collections.ConfigDict({
+      key: config_dict.placeholder(mechanism.options[key].type) if value is None else value
+      for key, value in options.items()})
 
 
 def base_config(task: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -164,7 +161,8 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
                           **data) -> ml_collections.ConfigDict:
   """A full LRA classification config from the preset of `size` and the task's options.
 
-  `arg` takes attention=full|local|dilated|longformer, size=paper|small|tiny,
+  `arg` takes attention=<a variant of the registry: `lra.attention.variants()`>,
+  size=paper|small|tiny,
   window=<one-sided window, 0 = the preset's>, dilation=<d or d/d/.../d per head>.
   Dropout and weight decay are the paper's at size=paper; smaller sizes train without
   dropout and with weight decay 0.01 (short runs underfit rather than overfit).
