@@ -1,15 +1,19 @@
-"""`attention.build`: every registered name against the oracle, and config errors."""
+"""The attention registry: every registered name against the oracle, config errors, and
+the flax `attention_fn` adapter against flax's own dense attention."""
 
 import functools
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from absl.testing import parameterized
+from flax import nnx
 
 from lra import attention
 from lra import errors
+from lra.attention import layers
 from lra.attention import reference
 from tests.attention import cases
 
@@ -143,3 +147,90 @@ class BuildErrorTest(parameterized.TestCase):
     config = {"name": "local", "window": 2, "dilation": [1, 2, 1, 2]}
     attention.build(config, num_heads=HEADS)
     self.assertEqual(config, {"name": "local", "window": 2, "dilation": [1, 2, 1, 2]})
+
+
+def _flax_layers(config, dropout_rate=0.0, broadcast_dropout=False):
+  """Two `nnx.MultiHeadAttention` with the same parameters: one through the adapter, one
+  through flax's own dense attention."""
+  make = functools.partial(nnx.MultiHeadAttention, num_heads=HEADS, in_features=FEATURES,
+                           decode=False, dropout_rate=dropout_rate,
+                           broadcast_dropout=broadcast_dropout)
+  adapted = make(attention_fn=layers.flax_attention_fn(config, num_heads=HEADS),
+                 rngs=nnx.Rngs(0))
+  return adapted, make(rngs=nnx.Rngs(0))
+
+
+FEATURES = 16
+
+
+class FlaxAdapterTest(parameterized.TestCase):
+  """`flax_attention_fn` in flax's own module against flax's dense attention given the
+  registry's pattern: every mechanism without global tokens, and every preset."""
+
+  @parameterized.parameters(((2,), False), ((2,), True), ((2, 3), False))
+  def test_every_variant_matches_flax_dense_attention(self, batch_shape, causal):
+    x = jax.random.normal(jax.random.key(0), (*batch_shape, LENGTH, FEATURES))
+    lengths = np.arange(np.prod(batch_shape)).reshape(batch_shape) % 3 + LENGTH - 4
+    real = np.arange(LENGTH)[None] < lengths[..., None]
+    checked = 0
+    for name, (mechanism, _) in attention.variants().items():
+      if mechanism.uses_global or (causal and "causal" not in mechanism.options):
+        continue
+      config = attention.variant_config(name, num_heads=HEADS, window=2,
+                                        causal=causal or None)
+      adapted, dense = _flax_layers(config)
+      pattern = attention.build(config, HEADS).pattern(LENGTH, padding_mask=real.reshape(
+          -1, LENGTH)).reshape(*batch_shape, HEADS, LENGTH, LENGTH)
+
+      def loss(layer, mask):
+        # Real rows only: flax's dense attention averages every value at padded queries.
+        return jnp.sum(jnp.where(real[..., None], layer(x, mask=mask), 0) ** 2)
+
+      out, grads = nnx.value_and_grad(loss)(adapted, nnx.make_attention_mask(real, real))
+      expected, expected_grads = nnx.value_and_grad(loss)(dense, pattern)
+      chex.assert_trees_all_close(out, expected, **cases.F32_TOL)
+      chex.assert_trees_all_close(nnx.state(grads), nnx.state(expected_grads),
+                                  **cases.F32_TOL)
+      checked += 1
+    self.assertGreaterEqual(checked, 2 if causal else 3)
+
+  def test_no_mask_means_every_token_is_real(self):
+    config = {"name": "local", "window": 2, "dilation": (1, 2, 1, 2)}
+    adapted, dense = _flax_layers(config)
+    x = jax.random.normal(jax.random.key(1), (2, LENGTH, FEATURES))
+    pattern = attention.build(config, HEADS).pattern(LENGTH)
+    chex.assert_trees_all_close(adapted(x), dense(x, mask=pattern), **cases.F32_TOL)
+
+  def test_runs_under_jit_and_with_dropout(self):
+    config = {"name": "local", "window": 2}
+    adapted, _ = _flax_layers(config, dropout_rate=0.5)
+    x = jax.random.normal(jax.random.key(2), (2, LENGTH, FEATURES))
+    mask = nnx.make_attention_mask(jnp.ones((2, LENGTH), bool), jnp.ones((2, LENGTH), bool))
+    step = nnx.jit(lambda layer, x, mask, rngs: layer(x, mask=mask, deterministic=False,
+                                                      rngs=rngs))
+    first = step(adapted, x, mask, nnx.Rngs(dropout=0))
+    second = step(adapted, x, mask, nnx.Rngs(dropout=1))
+    chex.assert_tree_all_finite((first, second))
+    self.assertFalse(jnp.allclose(first, second))  # dropout is on, and draws anew
+
+  def test_global_tokens_cannot_go_through_the_hook(self):
+    with pytest.raises(errors.ConfigError, match="global tokens, which flax's attention_fn "
+                                                  "hook cannot carry.*SelfAttention"):
+      layers.flax_attention_fn({"name": "longformer", "window": 2}, num_heads=HEADS)
+
+  @parameterized.named_parameters(
+      ("pattern_mask", {}, lambda real: attention.pattern_mask(LENGTH, window=1),
+       "takes only a padding mask"),
+      ("is_causal", {"is_causal": True}, lambda real: None, "is_causal=True needs a causal"),
+  )
+  def test_bad_call(self, kwargs, mask, message):
+    adapted, _ = _flax_layers({"name": "local", "window": 2})
+    x = jnp.ones((1, LENGTH, FEATURES))
+    with pytest.raises(errors.ConfigError, match=message):
+      adapted(x, mask=mask(None), **kwargs)
+
+  def test_broadcast_dropout_is_refused(self):
+    adapted, _ = _flax_layers({"name": "local", "window": 2}, dropout_rate=0.1,
+                              broadcast_dropout=True)
+    with pytest.raises(errors.ConfigError, match="broadcast_dropout=False"):
+      adapted(jnp.ones((1, LENGTH, FEATURES)), deterministic=False, rngs=nnx.Rngs(0))
