@@ -2,6 +2,9 @@
 the flax `attention_fn` adapter against flax's own dense attention."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -11,11 +14,16 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 
+from experiments import bench_attention
 from lra import attention
+from lra import config_utils
 from lra import errors
+from lra import train
 from lra.attention import layers
 from lra.attention import reference
+from tests import entry_points
 from tests.attention import cases
+from tests.attention import toy_mechanism
 
 LENGTH, HEADS = 11, 4
 
@@ -234,3 +242,51 @@ class FlaxAdapterTest(parameterized.TestCase):
                               broadcast_dropout=True)
     with pytest.raises(errors.ConfigError, match="broadcast_dropout=False"):
       adapted(jnp.ones((1, LENGTH, FEATURES)), deterministic=False, rngs=nnx.Rngs(0))
+
+
+def _run_with_toy(module: str, *args: str):
+  """Runs an entry point in a fresh process with the toy mechanism registered."""
+  return subprocess.run([sys.executable, "-m", "tests.attention.toy_mechanism", module, *args],
+                        cwd=entry_points.REPO, text=True, capture_output=True, timeout=300,
+                        env=entry_points.ENV)
+
+
+def test_one_registry_entry_reaches_every_consumer(tmp_path):
+  """One registry entry (`toy_mechanism.BLOCKED`) reaches the configs, the model, the
+  trainer, the benchmark, `compare` and the pattern plots; leaving the `with` removes it."""
+  run = tmp_path / "sweep" / "blocked_pairs_seed0"
+  with attention.registered(toy_mechanism.BLOCKED):
+    assert list(attention.variants())[-2:] == ["blocked", "blocked_pairs"]
+    config = config_utils.load_config(os.path.join(
+        entry_points.REPO, "configs/listops.py:attention=blocked_pairs,size=tiny"))
+    assert dict(config.attention) == {"name": "blocked", "block": 2}
+    with config.unlocked():
+      config.data_cache_dir = str(tmp_path / "cache")
+      config.num_train_steps = 2
+      config.eval_every_steps = config.checkpoint_every_steps = config.log_every_steps = 2
+    results = train.train_and_evaluate(config, str(run))
+    assert (results["attention"], results["best_val_step"]) == ("blocked", 2)
+
+    assert "blocked_pairs" in bench_attention.row_names()
+    setup = bench_attention.Setup(window=3, heads=2, head_dim=4, batch=1, dtype="float32",
+                                  dilations=())
+    row = bench_attention.measured("blocked_pairs", setup)
+    assert row.count_pairs(9) == 2 * (4 * 2 * 2 + 1)  # 2 heads: 4 blocks of 2, 1 of 1
+    q, k, v = cases.random_qkv(0, 1, 9, 2, 4)
+    expected = reference.dense_attention(
+        q, k, v, mask=toy_mechanism.blocked_pattern(9, {"block": 2}, num_heads=2))
+    chex.assert_trees_all_close(row.attend(q, k, v), expected, **cases.F32_TOL)
+  assert "blocked" not in attention.variants()
+  with pytest.raises(errors.ConfigError, match="unknown attention 'blocked'"):
+    attention.build({"name": "blocked"}, num_heads=2)
+
+  # The entry points, each in a process that registers the toy first. compare reuses the
+  # finished run above (its config is what compare makes of `blocked_pairs`).
+  completed = _run_with_toy("compare", "--config=configs/listops.py", "--size=tiny",
+                            "--attention=blocked_pairs", f"--workdir={tmp_path}/sweep")
+  assert completed.returncode == 0, completed.stderr
+  assert "reusing the finished run" in completed.stdout
+  assert "| blocked_pairs | 1 |" in (tmp_path / "sweep" / "comparison.md").read_text()
+  completed = _run_with_toy("plot_patterns", f"--out={tmp_path}", "--length=12")
+  assert completed.returncode == 0, completed.stderr
+  assert (tmp_path / "attention_patterns.png").exists()
