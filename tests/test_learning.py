@@ -74,6 +74,7 @@ def _config(spec: str, tmp_path, data_path, *, steps: int, **model):
       config.optimizer.learning_rate = 3e-3
       config.optimizer.warmup_steps = 10
       config.model.pooling = "max"  # where the neighbour's detector fires
+      config.model.pos_emb = "rotary"  # scores by offset: "next to" is one rotation
     config.model.update(model)
   return config
 
@@ -101,7 +102,7 @@ def write_listops(folder, length: int, counts=(2000, 200, 200), flip_train=False
 def test_tokens_listops_layout_learns_the_neighbour_rule(tmp_path):
   data = write_listops(tmp_path / "listops", length=32)
   _check_learns(_config("configs/listops.py:attention=local,size=tiny", tmp_path, data,
-                        steps=400), tmp_path)
+                        steps=150), tmp_path)
 
 
 def write_imdb(root, length: int, count: int = 1600):
@@ -122,7 +123,7 @@ def write_imdb(root, length: int, count: int = 1600):
 
 def test_bytes_text_layout_learns_the_neighbour_rule(tmp_path):
   data = write_imdb(tmp_path / "imdb", length=32)
-  config = _config("configs/text.py:attention=local,size=tiny", tmp_path, data, steps=400)
+  config = _config("configs/text.py:attention=local,size=tiny", tmp_path, data, steps=150)
   with config.unlocked():
     config.data.max_length = 32
   _check_learns(config, tmp_path)
@@ -149,7 +150,7 @@ def write_pathfinder(root, resolution: int, count: int = 2400):
 def test_pixels_pathfinder_layout_learns_the_neighbour_rule(tmp_path):
   data = write_pathfinder(tmp_path / "pathfinder", resolution=8)
   config = _config("configs/pathfinder.py:attention=local,size=tiny", tmp_path, data,
-                   steps=400, emb_dim=32, mlp_dim=64)
+                   steps=150, emb_dim=32, mlp_dim=64)
   with config.unlocked():
     config.data.resolution = 8
     config.data.max_length = 64
@@ -186,9 +187,9 @@ def test_the_test_score_is_the_best_validation_checkpoints(tmp_path):
                        flip_train=True)
   (data / "basic_test.tsv").write_bytes((data / "basic_val.tsv").read_bytes())
   config = _config("configs/listops.py:attention=local,size=tiny", tmp_path, data,
-                   steps=400)
+                   steps=150)
   with config.unlocked():
-    config.eval_every_steps = 40
+    config.eval_every_steps = 15
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   val = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   val = {r["step"]: r["val_accuracy"] for r in val if "val_accuracy" in r}
