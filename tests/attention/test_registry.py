@@ -73,6 +73,27 @@ class BuildMatchesReferenceTest(chex.TestCase):
         global_q=qkv[3], global_k=qkv[4], global_v=qkv[5])
     chex.assert_trees_all_close(out, expected, **cases.F32_TOL)
 
+  def test_variants_and_presets(self):
+    self.assertEqual(list(attention.variants()), ["full", "local", "dilated", "longformer"])
+    for heads, dilation in ((4, (1, 1, 2, 2)), (3, (1, 2, 2)), (1, (2,))):
+      self.assertEqual(attention.variant_config("dilated", num_heads=heads, window=3),
+                       {"name": "local", "window": 3, "dilation": dilation, "causal": False,
+                        "block_size": None, "implementation": None})
+    # An option given wins over the preset's; one the mechanism lacks is left out.
+    self.assertEqual(attention.variant_config("dilated", num_heads=2, window=3,
+                                              dilation=(3, 1))["dilation"], (3, 1))
+    self.assertEqual(attention.variant_config("full", num_heads=2, window=3),
+                     {"name": "full", "causal": False})
+    self.assertTrue(attention.get("longformer").uses_global)
+    self.assertEqual(attention.get("local").implementations, ("xla", "pallas"))
+    self.assertEqual([n for n, m in attention.MECHANISMS.items() if m.quadratic], ["full"])
+
+  def test_none_implementation_is_left_to_the_function(self):
+    bound = attention.build({"name": "local", "window": 2, "implementation": None}, HEADS)
+    self.assertNotIn("implementation", dict(bound.options))
+    with pytest.raises(errors.ConfigError, match="already registered"):
+      attention.register(attention.Mechanism("dilated", attention.full_attention, {}))
+
   def test_bound_attention_is_hashable(self):
     """A module holding it may be a static jit argument; lists become tuples."""
     config = {"name": "local", "window": 2, "dilation": [1, 2, 1, 2]}
@@ -144,6 +165,16 @@ class BuildErrorTest(parameterized.TestCase):
        r"dilation must be an int >= 1"),
   )
   def test_bad_config(self, config, message):
+    with pytest.raises(errors.ConfigError, match=message):
+      attention.build(config, num_heads=HEADS)
+
+  @parameterized.named_parameters(
+      ("unknown", {"name": "local", "window": 2, "implementation": "cuda"},
+       r"attention 'local' has no implementation 'cuda'; choose one of: xla, pallas"),
+      ("not_an_option_of_full", {"name": "full", "implementation": "xla"},
+       r"attention 'full' has no option 'implementation'"),
+  )
+  def test_bad_implementation(self, config, message):
     with pytest.raises(errors.ConfigError, match=message):
       attention.build(config, num_heads=HEADS)
 
