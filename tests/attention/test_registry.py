@@ -88,6 +88,18 @@ class BuildMatchesReferenceTest(chex.TestCase):
     self.assertEqual(attention.get("local").implementations, ("xla", "pallas"))
     self.assertEqual([n for n, m in attention.MECHANISMS.items() if m.quadratic], ["full"])
 
+  def test_task_configs_take_the_registry_config_of_a_variant(self):
+    spec = os.path.join(entry_points.REPO, "configs/listops.py:size=tiny,window=5,attention=")
+    for variant in attention.variants():
+      config = config_utils.load_config(spec + variant)
+      expected = attention.variant_config(variant, num_heads=2, window=5)
+      self.assertEqual(config.attention.to_dict(), expected)
+    dilated = config_utils.load_config(spec + "dilated,dilation=3/1").attention
+    self.assertEqual(dilated.dilation, (3, 1))
+    # Every option is a field: the implementation too, typed, so an override parses.
+    with pytest.raises(TypeError):
+      config_utils.load_config(spec + "local").attention.implementation = 3
+
   def test_none_implementation_is_left_to_the_function(self):
     bound = attention.build({"name": "local", "window": 2, "implementation": None}, HEADS)
     self.assertNotIn("implementation", dict(bound.options))
