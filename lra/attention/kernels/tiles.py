@@ -19,22 +19,27 @@ from lra.attention import common
 MASKED_SCORE = -1e30
 
 
+def _dot(a, b, contracting):
+  # float32 operands multiply in full float32 (Triton's default for them is TF32, which
+  # would make a float32 kernel only ~1e-3 exact); 16-bit ones at the native rate.
+  precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+  return jax.lax.dot_general(a, b, (contracting, ((), ())), precision=precision,
+                             preferred_element_type=jnp.float32)
+
+
 def dot_nt(a_MxK, b_NxK):
   """`a @ b.T` with float32 accumulation."""
-  return jax.lax.dot_general(a_MxK, b_NxK, (((1,), (1,)), ((), ())),
-                             preferred_element_type=jnp.float32)
+  return _dot(a_MxK, b_NxK, ((1,), (1,)))
 
 
 def dot_nn(a_MxK, b_KxN):
   """`a @ b` with float32 accumulation."""
-  return jax.lax.dot_general(a_MxK, b_KxN, (((1,), (0,)), ((), ())),
-                             preferred_element_type=jnp.float32)
+  return _dot(a_MxK, b_KxN, ((1,), (0,)))
 
 
 def dot_tn(a_KxM, b_KxN):
   """`a.T @ b` with float32 accumulation."""
-  return jax.lax.dot_general(a_KxM, b_KxN, (((0,), (0,)), ((), ())),
-                             preferred_element_type=jnp.float32)
+  return _dot(a_KxM, b_KxN, ((0,), (0,)))
 
 
 def band_mask(query_start, key_start, shape, *, window: int, causal: bool):
