@@ -8,16 +8,13 @@ program per query block accumulates dQ over its key blocks, one per key block ac
 dK and dV over the query blocks that reach it.
 
 Arrays are head-major: `q, k, v, d_out [R, L, D]` with `R = batch x heads`; `lse` and
-`delta` are `[R, L, 1]`; `query_valid [batch, L, 1]` and `key_valid [batch, 1, L]` are int32
+`delta` are `[R, L, 1]`; `query_valid [batch, L, 1]` and `key_valid [batch, L]` are int32
 (1 = real). `L` is a multiple of the block and `D` a power of two >= 16 (the caller pads).
 
-Roofline per program (forward, bidirectional, block b, head_dim D, bf16): `2c + 1` key
-blocks, each `4 b^2 D` FLOPs (two matmuls) and `4 b D` bytes read (a k and a v block), so
-`(2c + 1) * 4 b^2 D` FLOPs against `(2c + 3) * 2 b D` bytes: arithmetic intensity about `b`
-FLOPs per byte (128 at b = 128), above the H200's ridge point of 790 TFLOP/s / 4.8 TB/s =
-165 only for b >= 256: at b = 128 the kernel is bound by HBM reads of the window's k and v,
-unless the L2 cache serves the `2c + 1` overlapping reads of neighbouring programs (it
-does: a row's k and v at L = 16K, D = 64 are 4 MB). See docs/kernels.md.
+Roofline per program (b = 128, D = 64, w = 256, bf16): the forward runs 21 MFLOP of
+matmuls against 200 KB of HBM reads without cache reuse (105 FLOP/byte, under the H200's
+ridge of 165), but neighbouring programs share their k and v blocks through L2; see
+docs/kernels.md for all three kernels and the whole-call estimate.
 """
 
 import functools

@@ -10,9 +10,9 @@ Running softmax statistics and the output accumulator live in VMEM scratch acros
 dK/dV kernel whose steps walk the query blocks that reach each key block.
 
 Arrays are head-major: `q, k, v, d_out [R, L, D]` with `R = batch x heads`; `lse` and
-`delta` are `[R, L, 1]`; `query_valid [batch, L, 1]` and `key_valid [batch, L / b, 1, b]`
-are int32 (1 = real), laid out so that every block's last two dimensions are either a
-multiple of 8 x 128 or the array's own: `b` must be a multiple of 8.
+`delta` are `[R, L, 1]`; `query_valid [batch, L, 1]` and `key_valid [batch, L]` are int32
+(1 = real). Every block's last two dimensions must be multiples of 8 x 128 or the array's
+own, so the key mask is viewed as `[batch, L / b, 1, b]` and `b` must be a multiple of 8.
 """
 
 import functools
