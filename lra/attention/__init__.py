@@ -267,13 +267,9 @@ def build(config: Mapping[str, Any], num_heads: int) -> BoundAttention:
       dilation = tuple(dilation)
     common.dilation_per_head(dilation, num_heads)
     options["dilation"] = dilation
-  if "implementation" in options:
-    implementation = options.pop("implementation")
-    if implementation is not None and implementation not in mechanism.implementations:
-      raise errors.ConfigError(
-          f"attention {name!r} has no implementation {implementation!r}; choose one of: "
-          f"{', '.join(mechanism.implementations)} (or None: the best for the backend)")
-    # Bound only when chosen: None leaves the choice to the function's own default.
-    if implementation is not None:
-      options["implementation"] = implementation
+  implementation = options.get("implementation")
+  if implementation is not None and implementation not in mechanism.implementations:
+    raise errors.ConfigError(
+        f"attention {name!r}: unknown implementation {implementation!r}; choose one of: "
+        f"{', '.join(mechanism.implementations)} (or None: the best for the backend)")
   return BoundAttention(name, mechanism, num_heads, tuple(sorted(options.items())))

@@ -100,9 +100,11 @@ class BuildMatchesReferenceTest(chex.TestCase):
     with pytest.raises(TypeError):
       config_utils.load_config(spec + "local").attention.implementation = 3
 
-  def test_none_implementation_is_left_to_the_function(self):
-    bound = attention.build({"name": "local", "window": 2, "implementation": None}, HEADS)
-    self.assertNotIn("implementation", dict(bound.options))
+  def test_implementation_is_bound_and_names_are_unique(self):
+    for implementation in (None, "xla", "pallas"):
+      bound = attention.build({"name": "local", "window": 2,
+                               "implementation": implementation}, HEADS)
+      self.assertEqual(dict(bound.options)["implementation"], implementation)
     with pytest.raises(errors.ConfigError, match="already registered"):
       attention.register(attention.Mechanism("dilated", attention.full_attention, {}))
 
@@ -182,7 +184,7 @@ class BuildErrorTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("unknown", {"name": "local", "window": 2, "implementation": "cuda"},
-       r"attention 'local' has no implementation 'cuda'; choose one of: xla, pallas"),
+       r"attention 'local': unknown implementation 'cuda'; choose one of: xla, pallas"),
       ("not_an_option_of_full", {"name": "full", "implementation": "xla"},
        r"attention 'full' has no option 'implementation'"),
   )
