@@ -57,12 +57,13 @@ def _describe(bound: attention.BoundAttention, head: int) -> str:
 
 def panels(variant: str, length: int, window: int, dilations: tuple[int, ...],
            causal: bool = False) -> list[Panel]:
-  """The panels of one registry variant: one per head whose pattern differs from the
-  heads before it."""
+  """The panels of one registry variant over `len(dilations)` heads (which are also the
+  per-head dilations of a preset that sets a dilation): one per head whose pattern differs
+  from the heads before it."""
   mechanism, preset = attention.variants()[variant]
-  num_heads = len(dilations) if dilations else 2
+  num_heads = len(dilations)
   given = {"window": window, "causal": True if causal else None}
-  if preset and "dilation" in preset(num_heads) and dilations:
+  if preset and "dilation" in preset(num_heads):
     given["dilation"] = dilations
   config = attention.variant_config(variant, num_heads=num_heads, **given)
   if causal and not config.get("causal"):

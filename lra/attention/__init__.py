@@ -63,7 +63,8 @@ def full_attention(q, k, v, *, causal: bool = False, padding_mask=None,
 @dataclasses.dataclass(frozen=True)
 class Option:
   """One option of a mechanism: its default (None: required, or chosen at call time), the
-  type of its config field (what a command-line override is parsed as), and what it means."""
+  type of its config field where the default is None (a typed placeholder, so that a
+  command-line override parses), and what it means."""
 
   default: Any
   type: type
