@@ -521,7 +521,7 @@ def key_ratios(rows: list[dict]) -> list[str]:
 def plot(rows: list[dict], machine: dict, path: str) -> None:
   """Time and peak RSS against length, log-log, one line per mechanism."""
   # Imported here: the measuring subprocesses never plot, and would pay for the import.
-  from lra import plotting  # pylint: disable=g-import-not-at-top
+  from experiments import plotting  # pylint: disable=g-import-not-at-top
   plotting.versus_length(
       rows, path, name_key="mechanism",
       panels=[("median_s", "seconds per step", "forward + backward time"),
