@@ -326,8 +326,7 @@ def _run(command: list[str]) -> tuple[str | None, str]:
     return completed.stdout, ""
   if completed.returncode < 0:
     return None, f"killed by signal {-completed.returncode} (out of memory?)"
-  last = (completed.stderr.strip().splitlines() or ["no message"])[-1]
-  return None, f"exit {completed.returncode}: {last}"
+  return None, cli.child_failure(completed)
 
 
 def _run_self(spec: str) -> dict:

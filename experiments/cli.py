@@ -48,11 +48,12 @@ _CAUSES.propagate = False
 
 
 def _one_line(error: BaseException) -> str:
-  text = str(error).strip().strip("'\"")
+  # A KeyError's str() is the repr of its key.
+  text = str(error.args[0] if isinstance(error, KeyError) and error.args else error).strip()
   matches = [_ERROR_LINE.match(line) for line in text.splitlines()]
   matches = [m for m in matches if m]
   message = matches[-1].group(2) if matches else text.splitlines()[-1] if text else repr(error)
-  return message.strip().strip("'\"")
+  return message.strip()
 
 
 def _verbosity_requested(argv: list[str]) -> bool:
@@ -91,11 +92,12 @@ def _missing_config_file(name: str, value: str) -> str | None:
   path = value.partition(":")[0]
   if os.path.isfile(path):
     return None
-  folder = os.path.dirname(path) or "."
+  folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
   choices = sorted(glob.glob(os.path.join(folder, "*.py"))) if os.path.isdir(folder) else []
-  where = (f"the config files in {folder}/ are: {', '.join(choices)}" if choices else
-           f"paths are relative to the current folder, {os.getcwd()}")
-  return f"config file {path} not found (--{name}={value}); {where}"
+  where = (f"the config files in {folder.rstrip('/')}/ are: {', '.join(choices)}" if choices
+           else f"paths are relative to the current folder, {os.getcwd()}")
+  problem = "is a folder, not a config file" if os.path.isdir(path) else "not found"
+  return f"config file {path} {problem} (--{name}={value}); {where}"
 
 
 def _sections(config, prefix: str) -> list[str]:

@@ -386,7 +386,7 @@ def _bench(spec: str, length: int) -> dict:
              f"--out={_WORKDIR.value}"]
   completed = subprocess.run(command, capture_output=True, text=True, check=False)
   if completed.returncode:
-    return {"status": f"failed: {(completed.stderr.strip().splitlines() or ['no output'])[-1]}"}
+    return {"status": f"failed: {cli.child_failure(completed)}"}
   # bench_model appends its record to bench_model.jsonl; this one is the last line.
   with open(os.path.join(_WORKDIR.value, "bench_model.jsonl")) as f:
     record = json.loads(f.readlines()[-1])
