@@ -11,7 +11,8 @@ shared parameters. Progress goes to `absl.logging`.
 
 Relaunching on the same workdir resumes from the last checkpoint: the batches, dropout
 keys and metrics after it are those of an uninterrupted run. The test score is that of the
-best validation checkpoint, never of the last step.
+best validation checkpoint, never of the last step (unless `best/` was emptied by hand; then
+a warning says so, and `results.json`'s `tested_step` is the last step).
 """
 
 import dataclasses
