@@ -69,10 +69,12 @@ class Mechanism:
 MECHANISMS: dict[str, Mechanism] = {
     "full": Mechanism(full_attention, {"causal": False}),
     "local": Mechanism(sliding_window_attention,
-                       {"window": None, "dilation": 1, "causal": False, "block_size": None}),
+                       {"window": None, "dilation": 1, "causal": False, "block_size": None,
+                        "implementation": None}),
     "longformer": Mechanism(
         longformer_attention,
-        {"window": None, "dilation": 1, "block_size": None, "max_global": None},
+        {"window": None, "dilation": 1, "block_size": None, "max_global": None,
+         "implementation": None},
         uses_global=True),
 }
 
