@@ -367,8 +367,7 @@ def _run(command: list[str]) -> tuple[str | None, str]:
     return completed.stdout, ""
   if completed.returncode < 0:
     return None, f"killed by signal {-completed.returncode} (out of memory?)"
-  last = (completed.stderr.strip().splitlines() or ["no message"])[-1]
-  return None, f"exit {completed.returncode}: {last}"
+  return None, cli.child_failure(completed)
 
 
 def _run_self(spec: str) -> dict:
@@ -571,7 +570,7 @@ def key_ratios(rows: list[dict]) -> list[str]:
 def plot(rows: list[dict], machine: dict, path: str) -> None:
   """Time and peak RSS against length, log-log, one line per mechanism."""
   # Imported here: the measuring subprocesses never plot, and would pay for the import.
-  from lra import plotting  # pylint: disable=g-import-not-at-top
+  from experiments import plotting  # pylint: disable=g-import-not-at-top
   plotting.versus_length(
       rows, path, name_key="mechanism",
       panels=[("median_s", "seconds per step", "forward + backward time"),

@@ -289,7 +289,7 @@ def main(argv):
     writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-  from lra import plotting  # pylint: disable=g-import-not-at-top
+  from experiments import plotting  # pylint: disable=g-import-not-at-top
   plotting.versus_length(
       [r for r in rows if r["shape"] == str(r["length"])],
       os.path.join(out, "bench.png"), name_key="method",

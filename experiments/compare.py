@@ -336,7 +336,7 @@ def comparison_markdown(rows: list[dict], task: str) -> str:
 
 def write_comparison(runs: list[Run], task: str) -> str:
   """Writes comparison.{md,csv} and the two figures; returns the Markdown."""
-  from lra import plotting  # pylint: disable=g-import-not-at-top  (matplotlib: slow import)
+  from experiments import plotting  # pylint: disable=g-import-not-at-top  (matplotlib: slow import)
   rows = summarize(runs)
   out = _WORKDIR.value
   _write_csv(os.path.join(out, "comparison.csv"), COMPARISON_COLUMNS, rows)
@@ -396,7 +396,7 @@ def _bench(spec: str, length: int) -> dict:
              f"--out={_WORKDIR.value}"]
   completed = subprocess.run(command, capture_output=True, text=True, check=False)
   if completed.returncode:
-    return {"status": f"failed: {(completed.stderr.strip().splitlines() or ['no output'])[-1]}"}
+    return {"status": f"failed: {cli.child_failure(completed)}"}
   # bench_model appends its record to bench_model.jsonl; this one is the last line.
   with open(os.path.join(_WORKDIR.value, "bench_model.jsonl")) as f:
     record = json.loads(f.readlines()[-1])
@@ -479,7 +479,7 @@ def efficiency_markdown(rows: list[dict], task: str, full_variant: str | None) -
 def efficiency(configs: dict[str, tuple[str, dict]], task: str) -> str:
   """Measures every (length, variant), lengths outside so that machine noise falls on all
   variants alike; writes efficiency.{md,csv,png} and returns the Markdown."""
-  from lra import plotting  # pylint: disable=g-import-not-at-top  (matplotlib: slow import)
+  from experiments import plotting  # pylint: disable=g-import-not-at-top  (matplotlib: slow import)
   memory_limit_gb = _MEMORY_LIMIT_GB.value or psutil.virtual_memory().total / 2e9
   plan = [(variant, int(n)) for n in _LENGTHS.value for variant in configs]
   rows = []

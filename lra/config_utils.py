@@ -3,12 +3,17 @@
 A config file is launched as `--config=configs/listops.py:attention=longformer,size=small`;
 the string after the colon reaches `get_config(arg)`. Its keys and their defaults are
 declared by the config file, so a typo is an error, and values take the defaults' types.
+
+Fields computed from others are ml_collections `FieldReference`s of their sources, so they
+follow an override of a source on the command line (`--config.data.resolution=128` makes
+Path-X's `data.max_length`, and with it the model's, 16384); overriding the computed field
+itself sets it alone.
 """
 
 import dataclasses
 import importlib.util
 import os
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import ml_collections
 from ml_collections import config_dict
@@ -81,6 +86,24 @@ def attention_config(variant: str, *, window: int, num_heads: int,
       for key, value in options.items()})
 
 
+class _Compute(NamedTuple):
+  """An op of ml_collections' `FieldReference(op=...)`: `fn(value, *args)`, with every
+  `FieldReference` in `args` read afresh each time the field is read."""
+
+  fn: Callable
+  args: list
+
+
+def computed(fn: Callable, *sources: config_dict.FieldReference,
+             field_type: type) -> config_dict.FieldReference:
+  """A field equal to `fn(*sources)` whenever it is read: it follows every change of a
+  source (`config.get_ref(name)`) until it is set itself. (FieldReference's own operators
+  cover arithmetic; this covers any function, such as a sum over a tuple.)"""
+  return config_dict.FieldReference(
+      field_type(), field_type=field_type,
+      op=_Compute(lambda _, *values: fn(*values), list(sources)))
+
+
 def base_config(task: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The fields every task config has; task files fill in the values."""
   config = ml_collections.ConfigDict()
@@ -133,7 +156,8 @@ class Preset:
   width: int
   heads: int
   mlp: int  # hidden width of the MLP blocks and of the classification head
-  max_length: int  # tokens kept per sequence (per document for retrieval)
+  max_length: int | None  # tokens kept per sequence (per document for retrieval); None:
+                          # computed by the config (an image's pixels)
   window: int  # one-sided attention window of the local and Longformer variants
   batch: int
   steps: int
@@ -171,7 +195,8 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
   preset = presets[args.size]
   paper = args.size == "paper"
   config = base_config(task, args)
-  config.data.max_length = preset.max_length
+  if preset.max_length is not None:
+    config.data.max_length = preset.max_length
   config.data.update(data)
 
   config.model.kind = kind  # classifier | dual_encoder
@@ -188,7 +213,7 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
                                       num_heads=preset.heads, dilation=args.dilation)
 
   config.batch_size = preset.batch
-  config.eval_batch_size = preset.batch
+  config.eval_batch_size = config.get_ref("batch_size").identity()  # follows batch_size
   config.num_train_steps = preset.steps
   config.log_every_steps = preset.log_every
   config.eval_every_steps = preset.eval_every
@@ -261,7 +286,7 @@ def charlm_config(data_format: str, arg: str | None) -> ml_collections.ConfigDic
   # `seq_length` with `batch_size`, windows x `window_scale`, and `learning_rate` after a
   # linear warmup of `warmup_steps`.
   config.phases = ml_collections.ConfigDict(preset["phases"])
-  config.num_train_steps = sum(preset["phases"]["steps"])
+  config.num_train_steps = computed(sum, config.phases.get_ref("steps"), field_type=int)
   # Bits per character over windows of `length`, `step` apart, each scoring its last
   # `scored_length` predictions (the first window scores all); max_chars > 0 evaluates only
   # the first max_chars characters of a split.
