@@ -3,7 +3,6 @@ unsharded call and the dense oracle; only halos and global slots cross devices."
 
 import functools
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from experiments import bench_sequence_parallel
 from lra import errors
 from lra.attention import longformer
 from lra.attention import reference
@@ -179,20 +179,6 @@ def test_dropout_draws_each_shard_from_its_own_key():
                                **cases.F32_TOL)
 
 
-def _collectives(hlo_text):
-  """`(op, element count)` of every collective in compiled HLO text."""
-  found = []
-  pattern = re.compile(r"=\s*(.*?)\s(all-gather|collective-permute|all-reduce|reduce-scatter|"
-                       r"all-to-all|collective-broadcast)(?:-start)?\(")
-  for line in hlo_text.splitlines():
-    match = pattern.search(line)
-    if match:
-      sizes = [int(np.prod([int(n) for n in dims.split(",") if n]))
-               for dims in re.findall(r"\w+\[([\d,]*)\]", match.group(1))]
-      found.append((match.group(2), max(sizes)))
-  return found
-
-
 def test_only_halos_and_global_slots_cross_devices():
   """The compiled forward + backward moves halos and global slots, never the sequence."""
   shards, batch, length, heads, head_dim, window = 4, 1, 1024, 2, 8, 4
@@ -215,12 +201,13 @@ def test_only_halos_and_global_slots_cross_devices():
     with jax.set_mesh(mesh):
       compiled = jax.jit(lambda *xs, call=call: cases.grads(call, xs)).lower(
           spec, spec, spec).compile()
-    found = _collectives(compiled.as_text())
-    ops = {op for op, _ in found}
+    found = bench_sequence_parallel.hlo_collectives(compiled.as_text())
+    ops = {op for op, _, _ in found}
     assert "collective-permute" in ops, found
     # The largest message: a halo, or every shard's global slots; 1/16 of a shard here.
     largest = batch * max(halo, shards * max_global) * heads * head_dim
-    assert max(size for _, size in found) <= largest < shard_elements // 16, (name, found)
+    assert max(np.prod(shape) for _, shape, _ in found) <= largest < shard_elements // 16, (
+        name, found)
     if name == "local":
       assert ops == {"collective-permute"}, found
 
