@@ -1,7 +1,7 @@
 r"""Benchmarks sequence-parallel local attention over P simulated CPU devices.
 
   python -m experiments.bench_sequence_parallel --out=docs \
-      [--sequence_devices=1,2,4,8 --length=65536 --device_memory_gb=2 \
+      [--sequence_devices=1,2,4,8 --length=65536 --device_memory_gb=16 \
        --big_length=1048576 --big_heads=2]
 
 One step is a jit-compiled forward and `jax.vjp` pullback of a random output gradient to
@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 import numpy as np
+import psutil
 
 from experiments import bench_attention
 from experiments import cli
@@ -57,7 +58,8 @@ _DEVICES = flags.DEFINE_list("sequence_devices", ["1", "2", "4", "8"],
                              "Numbers of simulated devices P the length is split over.")
 _LENGTH = flags.DEFINE_integer("length", 65536, "Total length of the fixed-length sweep.")
 _DEVICE_MEMORY_GB = flags.DEFINE_float(
-    "device_memory_gb", 2.0, "Per-device memory of the longest-length search, GB (1e9 B).")
+    "device_memory_gb", 16.0,
+    "Per-device memory of the longest-length search, GB (1e9 B): a 16 GB accelerator.")
 _MAX_SEARCH_LENGTH = flags.DEFINE_integer(
     "max_search_length", 1 << 23, "Longest total length the search compiles.")
 _BIG_LENGTH = flags.DEFINE_integer(
@@ -196,6 +198,13 @@ def _stretch_errors(host, results, setup) -> list[dict]:
 def _run_step(devices: int, length: int, heads: int, setup, *, repeats: int,
               warmup: int, check: bool) -> dict:
   compiled, sharding, record = _compile(devices, length, heads, setup)
+  # All P devices live in this process, beside the host copy of the inputs.
+  array_gb = length * heads * setup.head_dim * jnp.dtype(setup.dtype).itemsize / 1e9
+  need_gb = record["device_memory_gb"] * devices + 4 * array_gb * check
+  available_gb = psutil.virtual_memory().available / 1e9
+  if need_gb > 0.8 * available_gb:
+    raise errors.UserError(f"not run: the step needs ~{need_gb:.1f} GB of this machine's "
+                           f"memory and {available_gb:.1f} GB is available")
   host, placed = _inputs(length, heads, setup, sharding)
   if not check:
     del host
