@@ -160,9 +160,17 @@ def _sharded(split: SequenceSplit, shard_fn, arrays, rng):
   # check_vma=False: the core starts its loops from fresh (shard-invariant) zeros, which
   # varying-value checking rejects. The collectives used here (ppermute, all_gather,
   # psum_scatter, and pmax on a stop_gradient) transpose exactly without it.
-  out = jax.shard_map(fn, in_specs=in_specs, out_specs=spec, axis_names={split.axis},
-                      check_vma=False)(*arrays)
-  return out[:, :split.length]
+  run = jax.shard_map(fn, in_specs=in_specs, out_specs=spec, axis_names={split.axis},
+                      check_vma=False)
+  mesh = jax.sharding.get_abstract_mesh()
+  explicit = tuple(name for name, kind in zip(mesh.axis_names, mesh.axis_types)
+                   if kind == jax.sharding.AxisType.Explicit)
+  if explicit:
+    # The core is written for automatic axes (its accumulators carry no sharding): explicit
+    # axes are made automatic inside, and the output takes the sharding of q.
+    run = jax.sharding.auto_axes(run, axes=explicit,
+                                 out_sharding=jax.typeof(arrays[0]).sharding.spec)
+  return run(*arrays)[:, :split.length]
 
 
 def _real_tokens(q, padding_mask):

@@ -136,9 +136,11 @@ def test_longformer_traced_global_mask_needs_and_checks_max_global():
   np.testing.assert_allclose(out, want, **cases.F32_TOL)
 
 
-def test_batch_stays_sharded_over_a_data_axis():
+@pytest.mark.parametrize("axis_type", [jax.sharding.AxisType.Auto,
+                                       jax.sharding.AxisType.Explicit])
+def test_batch_stays_sharded_over_a_data_axis(axis_type):
   """On a (data, seq) mesh only the sequence axis is manual: the batch stays split."""
-  mesh = jax.make_mesh((2, 2), ("data", AXIS), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  mesh = jax.make_mesh((2, 2), ("data", AXIS), axis_types=(axis_type,) * 2)
   inputs = [jax.device_put(x, NamedSharding(mesh, PartitionSpec("data", AXIS)))
             for x in cases.random_qkv(0, 4, 64, 2, 8)]
   call = functools.partial(sequence_parallel.sharded_sliding_window_attention,
