@@ -34,8 +34,9 @@ Bytes exchanged per shard and step are independent of the length: two halos of k
 Lengths: a length that is not a multiple of P is padded at the end to one (padded positions
 are masked keys and their rows are dropped); the core pads each shard's stretch to a multiple
 of its block size itself, so no multiple of P * block is needed. A halo wider than a shard
-(`window * max(dilation) > ceil(length / P)`) is an error: halos come from the neighbouring
-shard only (no multi-hop exchange); use fewer shards.
+(`window * max(dilation) > ceil(length / P)`) is an error when P > 2: halos come from the
+neighbouring shard only (no multi-hop exchange); use fewer shards. (With P <= 2 the
+neighbour's whole shard is then the halo.)
 
 Dropout is supported: shard p draws its masks from `fold_in(dropout_rng, p)`, so they differ
 from the unsharded call's (same rate, independent masks); without dropout the result equals
@@ -98,7 +99,11 @@ def split_sequence(sequence_axis: str, length: int, halo: int, causal: bool) -> 
     raise errors.ConfigError(
         f"sequence_axis={sequence_axis!r} is not an axis of the mesh in context, whose axes "
         f"are {tuple(mesh.axis_names)}")
-  split = SequenceSplit(sequence_axis, mesh.shape[sequence_axis], length, halo, causal)
+  shards = mesh.shape[sequence_axis]
+  if shards <= 2:
+    # Every key a shard lacks is then in its one neighbour (or outside the sequence).
+    halo = min(halo, -(-length // shards))
+  split = SequenceSplit(sequence_axis, shards, length, halo, causal)
   if halo > split.shard_length:
     raise errors.ConfigError(
         f"the window reaches {halo} positions (window * max dilation) but a shard holds only "

@@ -63,6 +63,8 @@ SLIDING_CASES = [
     (4, 64, 4, (1, 3, 1, 3), True, False, None),  # per-head dilation, not grouped, causal
     (2, 37, 5, 2, True, True, 4),
     (4, 32, 4, 2, False, True, 4),  # the halo is exactly one shard
+    (2, 37, 30, 1, False, True, None),  # a window wider than a shard: the whole neighbour
+    (1, 20, 3, 1, True, False, None),
 ]
 
 
@@ -194,11 +196,15 @@ def test_only_halos_and_global_slots_cross_devices():
   calls = {
       "local": functools.partial(sequence_parallel.sharded_sliding_window_attention,
                                  sequence_axis=AXIS, window=window, dilation=dilation),
+      "causal": functools.partial(sequence_parallel.sharded_sliding_window_attention,
+                                  sequence_axis=AXIS, window=window, dilation=dilation,
+                                  causal=True),
       "longformer": functools.partial(sequence_parallel.sharded_longformer_attention,
                                       sequence_axis=AXIS, window=window, dilation=dilation,
                                       global_mask=global_mask, max_global=max_global),
   }
   shard_elements = batch * length // shards * heads * head_dim
+  received = {}
   for name, call in calls.items():
     with jax.set_mesh(mesh):
       compiled = jax.jit(lambda *xs, call=call: cases.grads(call, xs)).lower(
@@ -210,8 +216,11 @@ def test_only_halos_and_global_slots_cross_devices():
     largest = batch * max(halo, shards * max_global) * heads * head_dim
     assert max(np.prod(shape) for _, shape, _ in found) <= largest < shard_elements // 16, (
         name, found)
-    if name == "local":
+    if name != "longformer":
       assert ops == {"collective-permute"}, found
+    received[name] = sum(size for _, _, size in found)
+  # Causal windows take the left halo alone.
+  assert received["causal"] * 2 == received["local"]
 
 
 def test_errors_name_the_fix():
