@@ -165,22 +165,26 @@ def _compile(devices: int, length: int, heads: int, setup):
 
 
 def _inputs(length: int, heads: int, setup, sharding):
-  """q, k, v and the output gradient, drawn by numpy on the host and placed shard by shard
-  (a whole array is never put on one device). Returns (host arrays, device arrays)."""
-  rng = np.random.default_rng(0)
+  """The output gradient, q, k and v, `[1, length, heads, head_dim]`: each device's shard
+  drawn by numpy on its own (no whole array is ever held in one place)."""
   shape = (1, length, heads, setup.head_dim)
-  host = [rng.standard_normal(shape, np.float32).astype(jnp.dtype(setup.dtype))
-          for _ in range(4)]
-  placed = [jax.make_array_from_callback(shape, sharding, lambda index, x=x: x[index])
-            for x in host]
-  return host, jax.block_until_ready(placed)
+
+  def shard(array_index, index):
+    rows = range(length)[index[1]]
+    rng = np.random.default_rng([array_index, rows.start])
+    return rng.standard_normal((1, len(rows), heads, setup.head_dim),
+                               np.float32).astype(jnp.dtype(setup.dtype))
+
+  return jax.block_until_ready([
+      jax.make_array_from_callback(shape, sharding, functools.partial(shard, i))
+      for i in range(4)])
 
 
-def _stretch_errors(host, results, setup) -> list[dict]:
+def _stretch_errors(inputs, results, setup) -> list[dict]:
   """Max |sharded - single-device core| of the output and the gradients on stretches around
   every shard boundary and at both ends: the core runs on the stretch alone, and rows whose
   window (output, dq) or whose queries' windows (dk, dv) reach past a cut are left out."""
-  cotangent, q, k, v = host
+  q = inputs[1]
   length, window, n = q.shape[1], setup.window, _CHECK_LENGTH.value
   devices = len(jax.devices())
   shard = -(-length // devices)
@@ -190,7 +194,7 @@ def _stretch_errors(host, results, setup) -> list[dict]:
   checks = []
   for start in starts:
     cut = slice(start, start + n)
-    want = local(*(jax.device_put(x[:, cut], jax.devices()[0]) for x in (cotangent, q, k, v)))
+    want = local(*(jax.device_put(x[:, cut], jax.devices()[0]) for x in inputs))
     for name, got, expected, margin in zip(("out", "dq", "dk", "dv"), results, want,
                                            (window, window, 2 * window, 2 * window)):
       lo = start + (margin if start > 0 else 0)
@@ -205,22 +209,19 @@ def _stretch_errors(host, results, setup) -> list[dict]:
 def _run_step(devices: int, length: int, heads: int, setup, *, repeats: int,
               warmup: int, check: bool) -> dict:
   compiled, sharding, record = _compile(devices, length, heads, setup)
-  # All P devices live in this process, beside the host copy of the inputs.
-  array_gb = length * heads * setup.head_dim * jnp.dtype(setup.dtype).itemsize / 1e9
-  need_gb = record["device_memory_gb"] * devices + 4 * array_gb * check
+  # All P devices live in this process.
+  need_gb = record["device_memory_gb"] * devices
   available_gb = psutil.virtual_memory().available / 1e9
   if need_gb > 0.9 * available_gb:
     raise errors.UserError(f"not run: the step needs ~{need_gb:.1f} GB of this machine's "
                            f"memory and {available_gb:.1f} GB is available")
-  host, placed = _inputs(length, heads, setup, sharding)
-  if not check:
-    del host
+  inputs = _inputs(length, heads, setup, sharding)
   record["setup_rss_gb"] = bench_attention._peak_rss_gb()  # pylint: disable=protected-access
   timing = bench_attention._time_calls(  # pylint: disable=protected-access
-      lambda: compiled(*placed), warmup, repeats)
+      lambda: compiled(*inputs), warmup, repeats)
   record.update(timing, peak_rss_gb=bench_attention._peak_rss_gb())  # pylint: disable=protected-access
   if check:
-    record["checks"] = _stretch_errors(host, compiled(*placed), setup)
+    record["checks"] = _stretch_errors(inputs, compiled(*inputs), setup)
   return record
 
 
