@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed-$(ACCEL)
 # Ignored by a glibc older than 2.35 and where transparent huge pages are off.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: run test test-slow bench clean-venv
+.PHONY: run test test-slow bench bench-gpu clean-venv
 
 # JAX loads every accelerator plugin installed, so those of another ACCEL are removed.
 $(STAMP): requirements.txt pyproject.toml
@@ -44,6 +44,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench_attention --out=results/bench_attention --rounds=3
+
+# On a GPU (after `make ... ACCEL=cuda13`): the Pallas kernels against XLA, cuDNN and
+# tokamax at 4K..64K, and a train step of every paper config (docs/kernels.md).
+bench-gpu: $(STAMP)
+	$(PY) -m experiments.bench_gpu --out=results/bench_gpu
 
 clean-venv:
 	rm -rf $(VENV)
