@@ -1,0 +1,474 @@
+r"""Benchmarks sequence-parallel local attention over P simulated CPU devices.
+
+  python -m experiments.bench_sequence_parallel --out=docs \
+      [--sequence_devices=1,2,4,8 --length=65536 --device_memory_gb=16 \
+       --big_length=1048576 --big_heads=2]
+
+One step is a jit-compiled forward and `jax.vjp` pullback of a random output gradient to
+q, k, v (as in `experiments.bench_attention`, whose shape flags --window, --heads,
+--head_dim, --dtype, --repeats, --warmup this command shares). P = 1 is the single-device
+`sliding_window_attention`; P > 1 is `sharded_sliding_window_attention` with the length
+split over a mesh of P simulated CPU devices. Each measurement runs in a fresh process that
+simulates exactly P devices.
+
+What it reports:
+  1. At a fixed total length (--length), for each P: the per-device memory of the compiled
+     step (XLA's memory analysis of the SPMD program: arguments + outputs + temporaries,
+     which is what one device holds), the time of a step and the process's peak RSS (all
+     P simulated devices together; they share this machine's cores, so time does not fall
+     with P here), and the bytes each device receives per step, summed over the
+     collectives of the compiled HLO, next to the halo formula.
+  2. For each P, the longest total length whose compiled per-device memory fits
+     --device_memory_gb (doubling, then bisection, compile only; bounded by
+     --max_search_length), and the bytes received per device there: the same as at
+     --length, since halos do not grow with the length.
+  3. One step at --big_length on the largest P with --big_heads heads, executed, checked
+     against the single-device core on stretches around every shard boundary and at both
+     ends of the sequence; and the same length at --heads compiled only, for its
+     per-device memory.
+
+Writes sequence_parallel.json (every figure) and sequence_parallel_tables.md in --out.
+"""
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+import numpy as np
+import psutil
+
+from experiments import bench_attention
+from experiments import cli
+from lra import attention
+from lra import errors
+from lra.attention import sequence_parallel
+
+AXIS = "sequence"
+
+_DEVICES = flags.DEFINE_list("sequence_devices", ["1", "2", "4", "8"],
+                             "Numbers of simulated devices P the length is split over.")
+_LENGTH = flags.DEFINE_integer("length", 65536, "Total length of the fixed-length sweep.")
+_DEVICE_MEMORY_GB = flags.DEFINE_float(
+    "device_memory_gb", 16.0,
+    "Per-device memory of the longest-length search, GB (1e9 B): a 16 GB accelerator.")
+_MAX_SEARCH_LENGTH = flags.DEFINE_integer(
+    "max_search_length", 1 << 23, "Longest total length the search compiles.")
+_BIG_LENGTH = flags.DEFINE_integer(
+    "big_length", 1 << 20, "Total length of the one big step (0: skip it).")
+_BIG_HEADS = flags.DEFINE_integer(
+    "big_heads", 2,
+    "Heads of the executed big step: the simulated devices share this machine's memory, so "
+    "it holds P devices' worth; --heads is compiled at --big_length for its memory alone.")
+_CHECK_LENGTH = flags.DEFINE_integer(
+    "check_length", 16384, "Length of each stretch checked against the single-device core.")
+# --out, shared with bench_attention, is the folder of the outputs here too.
+flags.FLAGS.set_default("out", "docs")
+_PARTS = flags.DEFINE_list(
+    "parts", ["fixed", "search", "big"],
+    "Parts to measure (1, 2, 3 above); the others are kept from the sequence_parallel.json "
+    "already in --out, which must be of the same shapes.")
+_MEASURE = flags.DEFINE_string(
+    "_measure", None, "Internal: `kind:devices:length:heads` in this process, as one JSON "
+    "line (kind: run, compile, search or big).")
+
+PARTS = ("fixed", "search", "big")
+flags.register_validator("parts", lambda parts: set(parts) <= set(PARTS),
+                         f"must be a subset of {','.join(PARTS)}")
+flags.register_validator("sequence_devices", lambda ps: ps and all(
+    s.isdigit() and int(s) >= 1 for s in ps), "must be integers >= 1, e.g. 1,2,4,8")
+
+# Result bytes of a collective's output, per device: `f32[1,256,8,64]{...} collective-permute(`.
+_COLLECTIVE = re.compile(r"=\s*(.*?)\s(all-gather|collective-permute|all-reduce|reduce-scatter|"
+                         r"all-to-all|collective-broadcast)(?:-start)?\(")
+_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
+          "s64": 8, "u64": 8, "f64": 8}
+
+
+def hlo_collectives(hlo_text: str) -> list[tuple[str, tuple[int, ...], int]]:
+  """`(op, result shape, result bytes)` of every collective of a compiled HLO module (one
+  device's program): the bytes each device receives from it."""
+  found = []
+  for line in hlo_text.splitlines():
+    match = _COLLECTIVE.search(line)
+    if match:
+      arrays = [(dtype, tuple(int(n) for n in dims.split(",") if n))
+                for dtype, dims in _ARRAY.findall(match.group(1))]
+      dtype, shape = max(arrays, key=lambda a: np.prod(a[1]))
+      found.append((match.group(2), shape, int(np.prod(shape)) * _BYTES[dtype]))
+  return found
+
+
+def halo_bytes(window: int, heads: int, head_dim: int, itemsize: int) -> int:
+  """Bytes a device receives per step by the halo formula: k and v from both neighbours in
+  the forward, their gradients back in the backward, plus the key mask."""
+  halo = window  # dilation 1
+  return 2 * 2 * 2 * halo * heads * head_dim * itemsize + 2 * halo
+
+
+# ---------------------------------------------------------------------------------------------
+# One measurement, in a process that simulates `devices` devices.
+
+
+def _step(devices: int, window: int):
+  """The jitted forward + backward, and the sharding of its `[1, L, H, D]` arrays."""
+  mesh = jax.make_mesh((devices,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+  sharding = NamedSharding(mesh, PartitionSpec(None, AXIS))
+  if devices == 1:
+    attend = functools.partial(attention.sliding_window_attention, window=window)
+  else:
+    attend = functools.partial(sequence_parallel.sharded_sliding_window_attention,
+                               sequence_axis=AXIS, window=window)
+
+  def forward_backward(cotangent, q, k, v):
+    out, pullback = jax.vjp(attend, q, k, v)
+    return (out, *pullback(cotangent))
+
+  step = jax.jit(forward_backward, in_shardings=(sharding,) * 4, out_shardings=(sharding,) * 4)
+  return mesh, sharding, step
+
+
+def _compile(devices: int, length: int, heads: int, setup):
+  """The compiled step, its input sharding, and its per-device memory and collectives."""
+  mesh, sharding, step = _step(devices, setup.window)
+  spec = jax.ShapeDtypeStruct((1, length, heads, setup.head_dim), jnp.dtype(setup.dtype),
+                              sharding=sharding)
+  start = time.perf_counter()
+  with jax.set_mesh(mesh):
+    compiled = step.lower(spec, spec, spec, spec).compile()
+  memory = compiled.memory_analysis()
+  collectives = hlo_collectives(compiled.as_text())
+  return compiled, sharding, {
+      "devices": devices, "length": length, "heads": heads,
+      "shard_length": -(-length // devices),
+      "compile_s": time.perf_counter() - start,
+      "device_argument_gb": memory.argument_size_in_bytes / 1e9,
+      "device_output_gb": memory.output_size_in_bytes / 1e9,
+      "device_temp_gb": memory.temp_size_in_bytes / 1e9,
+      "device_memory_gb": (memory.argument_size_in_bytes + memory.output_size_in_bytes +
+                           memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 1e9,
+      "collectives": [f"{op} {list(shape)}" for op, shape, _ in collectives],
+      "device_received_bytes": sum(size for _, _, size in collectives),
+      "halo_formula_bytes": (0 if devices == 1 else
+                             halo_bytes(setup.window, heads, setup.head_dim,
+                                        jnp.dtype(setup.dtype).itemsize)),
+  }
+
+
+def _inputs(length: int, heads: int, setup, sharding):
+  """The output gradient, q, k and v, `[1, length, heads, head_dim]`: each device's shard
+  drawn by numpy on its own (no whole array is ever held in one place)."""
+  shape = (1, length, heads, setup.head_dim)
+
+  def shard(array_index, index):
+    rows = range(length)[index[1]]
+    rng = np.random.default_rng([array_index, rows.start])
+    return rng.standard_normal((1, len(rows), heads, setup.head_dim),
+                               np.float32).astype(jnp.dtype(setup.dtype))
+
+  return jax.block_until_ready([
+      jax.make_array_from_callback(shape, sharding, functools.partial(shard, i))
+      for i in range(4)])
+
+
+def _stretch_errors(inputs, results, setup) -> list[dict]:
+  """Max |sharded - single-device core| of the output and the gradients on stretches around
+  every shard boundary and at both ends: the core runs on the stretch alone, and rows whose
+  window (output, dq) or whose queries' windows (dk, dv) reach past a cut are left out."""
+  q = inputs[1]
+  length, window, n = q.shape[1], setup.window, _CHECK_LENGTH.value
+  devices = len(jax.devices())
+  shard = -(-length // devices)
+  starts = sorted({0, length - n, *(max(0, min(b * shard - n // 2, length - n))
+                                    for b in range(1, devices))})
+  local = _step(1, window)[2]
+  checks = []
+  for start in starts:
+    cut = slice(start, start + n)
+    want = local(*(jax.device_put(x[:, cut], jax.devices()[0]) for x in inputs))
+    for name, got, expected, margin in zip(("out", "dq", "dk", "dv"), results, want,
+                                           (window, window, 2 * window, 2 * window)):
+      lo = start + (margin if start > 0 else 0)
+      hi = start + n - (margin if start + n < length else 0)
+      got_rows = np.asarray(got[:, lo:hi])
+      error = float(np.max(np.abs(got_rows - np.asarray(expected)[:, lo - start:hi - start])))
+      checks.append({"start": start, "array": name, "rows": [lo, hi], "max_abs_error": error,
+                     "max_abs_value": float(np.max(np.abs(got_rows)))})
+  return checks
+
+
+def _run_step(devices: int, length: int, heads: int, setup, *, repeats: int,
+              warmup: int, check: bool) -> dict:
+  compiled, sharding, record = _compile(devices, length, heads, setup)
+  # All P devices live in this process.
+  need_gb = record["device_memory_gb"] * devices
+  available_gb = psutil.virtual_memory().available / 1e9
+  if need_gb > 0.9 * available_gb:
+    raise errors.UserError(f"not run: the step needs ~{need_gb:.1f} GB of this machine's "
+                           f"memory and {available_gb:.1f} GB is available")
+  inputs = _inputs(length, heads, setup, sharding)
+  record["setup_rss_gb"] = bench_attention._peak_rss_gb()  # pylint: disable=protected-access
+  timing = bench_attention._time_calls(  # pylint: disable=protected-access
+      lambda: compiled(*inputs), warmup, repeats)
+  record.update(timing, peak_rss_gb=bench_attention._peak_rss_gb())  # pylint: disable=protected-access
+  if check:
+    record["checks"] = _stretch_errors(inputs, compiled(*inputs), setup)
+  return record
+
+
+def _search(devices: int, start_length: int, heads: int, setup) -> dict:
+  """The longest total length (a multiple of devices * 1024) whose compiled per-device
+  memory fits --device_memory_gb: doubling, then bisection; compile only."""
+  unit = devices * 1024
+  budget = _DEVICE_MEMORY_GB.value
+  fits, fails, tried = None, None, []
+
+  def measure(length):
+    record = _compile(devices, length, heads, setup)[2]
+    tried.append({k: record[k] for k in ("length", "device_memory_gb")})
+    return record if record["device_memory_gb"] <= budget else None
+
+  length = max(unit, start_length // unit * unit)
+  while length <= _MAX_SEARCH_LENGTH.value:
+    record = measure(length)
+    if record is None:
+      fails = length
+      break
+    fits = record
+    length *= 2
+  low = fits["length"] if fits else 0
+  while fails is not None and fails - low > unit:
+    middle = (low + fails) // 2 // unit * unit
+    record = measure(middle)
+    if record is None:
+      fails = middle
+    else:
+      fits, low = record, middle
+  bounded = fails is None  # the bound was reached before the budget
+  return {"devices": devices, "budget_gb": budget, "longest": fits, "tried": tried,
+          "bounded_by_max_search_length": bounded}
+
+
+def measure_one(spec: str, setup) -> dict:
+  kind, devices, length, heads = spec.split(":")
+  devices, length, heads = int(devices), int(length), int(heads)
+  if kind == "compile":
+    return _compile(devices, length, heads, setup)[2]
+  if kind == "search":
+    return _search(devices, length, heads, setup)
+  if kind == "run":
+    return _run_step(devices, length, heads, setup, repeats=bench_attention._REPEATS.value,  # pylint: disable=protected-access
+                     warmup=bench_attention._WARMUP.value, check=False)  # pylint: disable=protected-access
+  if kind == "big":
+    return _run_step(devices, length, heads, setup, repeats=1, warmup=0, check=True)
+  raise errors.ConfigError(f"unknown measurement {spec!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver.
+
+
+def _measure(kind: str, devices: int, length: int, heads: int) -> dict:
+  """Runs one measurement in a fresh process that simulates `devices` CPU devices."""
+  passed = ("window", "head_dim", "dtype", "repeats", "warmup", "device_memory_gb",
+            "max_search_length", "check_length", "malloc_huge_pages")
+  command = [sys.executable, "-m", "experiments.bench_sequence_parallel",
+             f"--_measure={kind}:{devices}:{length}:{heads}",
+             *(flags.FLAGS[name].serialize() for name in passed)]
+  env = dict(bench_attention._child_env(),  # pylint: disable=protected-access
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  print(f"{kind} P={devices} length={length} heads={heads} ...", flush=True)
+  completed = subprocess.run(command, cwd=bench_attention.REPO, capture_output=True,
+                             text=True, check=False, env=env)
+  if completed.returncode != 0:
+    last = (completed.stderr.strip().splitlines() or ["no message"])[-1]
+    record = {"status": f"failed: exit {completed.returncode}: {last}"}
+  else:
+    record = {"status": "ok", **json.loads(completed.stdout.strip().splitlines()[-1])}
+  print(f"  {_summary(record)}", flush=True)
+  return record
+
+
+def _summary(record: dict) -> str:
+  if record["status"] != "ok":
+    return record["status"]
+  parts = []
+  if "device_memory_gb" in record:
+    parts.append(f"{record['device_memory_gb']:.3f} GB per device")
+  if "median_s" in record:
+    parts.append(f"{record['median_s']:.2f} s, peak RSS {record['peak_rss_gb']:.2f} GB")
+  if record.get("longest"):
+    parts.append(f"longest {record['longest']['length']}")
+  return ", ".join(parts)
+
+
+def _gb(value) -> str:
+  return "" if value is None else f"{value:.3f}"
+
+
+def _mb(value) -> str:
+  return "" if value is None else f"{value / 1e6:.3f}"
+
+
+def markdown(results: dict) -> str:
+  m = results["machine"]
+  lines = [
+      "# Sequence-parallel local attention: forward + backward on simulated devices",
+      "",
+      f"Machine: {m['cpu']}, {m['cores']} cores; jax {m['jax']}; P simulated CPU devices in "
+      f"one process (they share the cores and the memory); window {m['window']} "
+      f"(one-sided), {m['heads']} heads x {m['head_dim']}, batch 1, {m['dtype']}. Measured "
+      "by: " + "; ".join(f"{part}: `{by['command']}` at commit {by['commit']}"
+                          for part, by in results["measured_by"].items()) + ".",
+      "",
+      "Per-device memory: XLA's memory analysis of the compiled SPMD step (arguments + "
+      "outputs + temporaries of one device). Received: bytes each device receives per step, "
+      "summed over the collectives of the compiled HLO; the halo formula is "
+      "8·w·H·D·itemsize + 2·w (k and v from both neighbours, their gradients back, the "
+      "mask). Time and peak RSS are of the whole process (all P devices on the same cores).",
+      "",
+      f"## Fixed total length {results['length']}",
+      "",
+      "| P | shard length | per-device memory (GB) | x P=1 | args / outputs / temps (GB) "
+      "| step time (s) | process peak RSS (GB) | received per device (MB) | halo formula (MB) "
+      "| collectives |",
+      "|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
+  ]
+  base = next((r for r in results["fixed"] if r["status"] == "ok" and r["devices"] == 1), None)
+  for r in results["fixed"]:
+    if r["status"] != "ok":
+      lines.append(f"| {r.get('devices', '')} | | | | | | | | | {r['status']} |")
+      continue
+    ratio = f"{r['device_memory_gb'] / base['device_memory_gb']:.3f}" if base else ""
+    kinds = sorted({c.split(" ")[0] for c in r["collectives"]})
+    lines.append(
+        f"| {r['devices']} | {r['shard_length']} | {_gb(r['device_memory_gb'])} | {ratio} "
+        f"| {_gb(r['device_argument_gb'])} / {_gb(r['device_output_gb'])} / "
+        f"{_gb(r['device_temp_gb'])} | {r['median_s']:.3f} | {r['peak_rss_gb']:.2f} "
+        f"| {_mb(r['device_received_bytes'])} | {_mb(r['halo_formula_bytes'])} "
+        f"| {len(r['collectives'])} x {', '.join(kinds) or 'none'} |")
+  lines += [
+      "",
+      f"## Longest total length whose step fits {results['device_memory_gb']} GB per device",
+      "",
+      "Compiled only (doubling, then bisection to a multiple of P·1024).",
+      "",
+      "| P | longest length | per-device memory (GB) | received per device (MB) | note |",
+      "|---:|---:|---:|---:|---|",
+  ]
+  for r in results["search"]:
+    if r["status"] != "ok" or not r["longest"]:
+      lines.append(f"| {r.get('devices', '')} | | | | {r['status']} |")
+      continue
+    best = r["longest"]
+    note = ("bounded by --max_search_length" if r["bounded_by_max_search_length"] else "")
+    lines.append(f"| {r['devices']} | {best['length']} | {_gb(best['device_memory_gb'])} "
+                 f"| {_mb(best['device_received_bytes'])} | {note} |")
+  big = results.get("big")
+  if big:
+    lines += ["", f"## One step at total length {results['big_length']}", ""]
+    compiled, run = big["compiled"], big["run"]
+    if compiled["status"] == "ok":
+      lines.append(
+          f"- {compiled['heads']} heads x {m['head_dim']}, P = {compiled['devices']}, "
+          f"compiled: {_gb(compiled['device_memory_gb'])} GB per device "
+          f"({_gb(compiled['device_memory_gb'] * compiled['devices'])} GB for all "
+          f"{compiled['devices']}), {_mb(compiled['device_received_bytes'])} MB received per "
+          f"device.")
+    if run["status"] == "ok":
+      worst = max(run["checks"], key=lambda c: c["max_abs_error"])
+      lines.append(
+          f"- {run['heads']} heads x {m['head_dim']}, P = {run['devices']}, executed: "
+          f"{run['median_s']:.1f} s for the step (compiled beforehand in "
+          f"{run['compile_s']:.1f} s), process peak RSS {run['peak_rss_gb']:.2f} GB, "
+          f"{_gb(run['device_memory_gb'])} GB per device compiled; against the single-device "
+          f"core on {len({c['start'] for c in run['checks']})} stretches of "
+          f"{results['check_length']} (every shard boundary and both ends): max |error| of "
+          f"the output, dq, dk, dv {worst['max_abs_error']:.2e} (values up to "
+          f"{max(c['max_abs_value'] for c in run['checks']):.1f}).")
+    else:
+      lines.append(f"- executed: {run['status']}")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  setup = bench_attention.Setup.from_flags()
+  if _MEASURE.value:
+    print(json.dumps(measure_one(_MEASURE.value, setup)))
+    return
+  devices = sorted({int(p) for p in _DEVICES.value})
+  heads, length = setup.heads, _LENGTH.value
+  results = {
+      "machine": {"cpu": bench_attention._cpu_model(),  # pylint: disable=protected-access
+                  "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
+                  "window": setup.window, "heads": heads, "head_dim": setup.head_dim,
+                  "dtype": setup.dtype, "devices": devices},
+      "length": length, "device_memory_gb": _DEVICE_MEMORY_GB.value,
+      "big_length": _BIG_LENGTH.value, "check_length": _CHECK_LENGTH.value,
+  }
+  out = os.path.join(flags.FLAGS.out, "sequence_parallel")
+  results["measured_by"] = _kept_parts(results, out + ".json")
+  by = {"command": " ".join(["python -m experiments.bench_sequence_parallel", *sys.argv[1:]]),
+        "commit": _commit()}
+  if "fixed" in _PARTS.value:
+    results["fixed"] = [{"devices": p, **_measure("run", p, length, heads)} for p in devices]
+  if "search" in _PARTS.value:
+    results["search"] = [{"devices": p, **_measure("search", p, length, heads)}
+                         for p in devices]
+  if "big" in _PARTS.value and _BIG_LENGTH.value:
+    most = devices[-1]
+    results["big"] = {
+        "compiled": _measure("compile", most, _BIG_LENGTH.value, heads),
+        "run": _measure("big", most, _BIG_LENGTH.value, _BIG_HEADS.value),
+    }
+  results["measured_by"].update({part: by for part in _PARTS.value if part in results})
+  results["measured_by"] = {part: results["measured_by"][part] for part in PARTS
+                            if part in results["measured_by"]}
+  os.makedirs(flags.FLAGS.out, exist_ok=True)
+  with open(out + ".json", "w") as f:
+    json.dump(results, f, indent=2)
+  text = markdown(results)
+  with open(out + "_tables.md", "w") as f:
+    f.write(text)
+  print()
+  print(text)
+  print(f"wrote {out}.json and {out}_tables.md")
+
+
+def _kept_parts(results: dict, path: str) -> dict:
+  """Copies into `results` the parts not measured now from an earlier run at `path`;
+  returns who measured them."""
+  kept = [part for part in PARTS if part not in _PARTS.value]
+  if not kept or not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    earlier = json.load(f)
+  settings = ("machine", "length", "device_memory_gb", "big_length", "check_length")
+  if any(earlier.get(key) != results[key] for key in settings):
+    raise errors.ConfigError(
+        f"{path} was measured with other settings; measure every part (--parts="
+        f"{','.join(PARTS)}) or use the same flags")
+  results.update({part: earlier[part] for part in kept if part in earlier})
+  return {part: earlier["measured_by"][part] for part in kept if part in earlier}
+
+
+def _commit() -> str | None:
+  completed = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bench_attention.REPO,
+                             capture_output=True, text=True, check=False)
+  return completed.stdout.strip() or None
+
+
+if __name__ == "__main__":
+  cli.run(main)
