@@ -242,3 +242,12 @@ def test_remat_gives_the_same_outputs_and_gradients_with_dropout(tmp_path, hf):
     results.append(jax.jit(jax.value_and_grad(loss))(params))
   chex.assert_trees_all_close(results[0], results[1], atol=1e-4, rtol=1e-4)
   assert abs(results[0][0] - results[2][0]) > 1.0  # dropout was active
+
+
+@pytest.mark.slow
+def test_pallas_implementation_matches_huggingface(hf):
+  """Any implementation of the mechanism serves the model (Pallas: interpret mode on CPU)."""
+  model = models.longformer_from_pretrained(MLM_CHECKPOINT,
+                                            attention={"implementation": "pallas"})
+  out = model(hf["input_ids"], **_inputs(hf, ""))
+  np.testing.assert_allclose(out.last_hidden_state, hf["last_hidden_state"], **TOL)
