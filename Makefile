@@ -2,19 +2,32 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# The accelerator JAX is installed for: cpu (the default), cuda13, cuda12 or tpu, e.g.
+# `make test ACCEL=cuda13`. The pinned requirements come first, then jax[$(ACCEL)] of the
+# pinned JAX version.
+ACCEL ?= cpu
+ACCELS := cpu cuda13 cuda12 tpu
+$(if $(filter $(ACCEL),$(ACCELS)),,$(error ACCEL must be one of: $(ACCELS); got '$(ACCEL)'))
+JAX_VERSION := $(shell sed -n 's/^jax\[cpu\]==//p' requirements.txt)
+# One stamp per accelerator, so that a change of ACCEL reinstalls.
+STAMP := $(VENV)/.installed-$(ACCEL)
 # glibc's malloc on transparent huge pages: XLA:CPU allocates a step's large temporaries
 # afresh each step, and first touching them on 4 KB pages costs tens of thousands of page
 # faults per step (the small ListOps train step of `make run` runs ~1.6x faster with it).
 # Ignored by a glibc older than 2.35 and where transparent huge pages are off.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: run test test-slow bench clean-venv
+.PHONY: run test test-slow bench bench-gpu clean-venv
 
+# JAX loads every accelerator plugin installed, so those of another ACCEL are removed.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	rm -f $(VENV)/.installed*
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip freeze | sed -n 's/^\(jax-cuda[0-9]*-[a-z]*\|libtpu\)[=@ ].*/\1/p' \
+	  | grep -v -e '$(ACCEL)' | xargs -r $(PY) -m pip uninstall --quiet -y
+	$(PY) -m pip install --quiet "jax[$(ACCEL)]==$(JAX_VERSION)"
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -31,6 +44,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench_attention --out=results/bench_attention --rounds=3
+
+# On a GPU (after `make ... ACCEL=cuda13`): the Pallas kernels against XLA, cuDNN and
+# tokamax at 4K..64K, and a train step of every paper config (docs/kernels.md).
+bench-gpu: $(STAMP)
+	$(PY) -m experiments.bench_gpu --out=results/bench_gpu
 
 clean-venv:
 	rm -rf $(VENV)

@@ -37,13 +37,13 @@ def get_config(arg=None):
   config = config_utils.classification_config(
       "pathfinder", arg, pooling="mean", schedule="cosine", weight_decay=0.0,
       presets={
-          "paper": Preset(layers=4, width=32, heads=4, mlp=32, max_length=1024, window=256,
+          "paper": Preset(layers=4, width=32, heads=4, mlp=32, max_length=None, window=256,
                           batch=512, steps=62400, warmup=312, learning_rate=1e-3,
                           log_every=100, eval_every=312, checkpoint_every=3120),
-          "small": Preset(layers=4, width=64, heads=2, mlp=128, max_length=1024, window=64,
+          "small": Preset(layers=4, width=64, heads=2, mlp=128, max_length=None, window=64,
                           batch=32, steps=1500, warmup=100, learning_rate=1e-3,
                           log_every=50, eval_every=250, checkpoint_every=250),
-          "tiny": Preset(layers=1, width=16, heads=2, mlp=32, max_length=1024, window=8,
+          "tiny": Preset(layers=1, width=16, heads=2, mlp=32, max_length=None, window=8,
                          batch=8, steps=4, warmup=2, learning_rate=1e-3, log_every=1,
                          eval_every=2, checkpoint_every=2),
       },
@@ -51,6 +51,8 @@ def get_config(arg=None):
       difficulty="hard",  # easy | intermediate | hard (curv_contour_length_14)
       generator_seed=0,  # seed of the generated dataset (data_path unset)
       num_generated=0)  # images generated when data_path is unset; 0: 10k small, 64 tiny
+  # The sequence is the image's pixels: its length follows the resolution.
+  config.data.max_length = config.data.get_ref("resolution") ** 2
   if config.size == "small":
     # What lets a small model leave chance on CPU (see the docstring).
     config.model.pos_emb = "rotary"

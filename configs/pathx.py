@@ -26,19 +26,21 @@ def get_config(arg=None):
       "pathfinder", arg, pooling="mean", pos_emb="learned", schedule="cosine",
       weight_decay=0.0, grad_clip=1.0,
       presets={
-          "paper": Preset(layers=1, width=32, heads=2, mlp=32, max_length=16384, window=256,
+          "paper": Preset(layers=1, width=32, heads=2, mlp=32, max_length=None, window=256,
                           batch=64, steps=50000, warmup=312, learning_rate=1e-3,
                           log_every=100, eval_every=2500, checkpoint_every=2500),
-          "small": Preset(layers=1, width=32, heads=2, mlp=64, max_length=16384, window=64,
+          "small": Preset(layers=1, width=32, heads=2, mlp=64, max_length=None, window=64,
                           batch=8, steps=500, warmup=50, learning_rate=1e-3, log_every=25,
                           eval_every=100, checkpoint_every=100),
-          "tiny": Preset(layers=1, width=16, heads=2, mlp=32, max_length=1024, window=8,
+          "tiny": Preset(layers=1, width=16, heads=2, mlp=32, max_length=None, window=8,
                          batch=8, steps=4, warmup=2, learning_rate=1e-3, log_every=1,
                          eval_every=2, checkpoint_every=2),
       },
       resolution=128,  # image side; the sequence length is its square
       difficulty="hard",  # easy | intermediate | hard (curv_contour_length_14)
       generator_seed=0)  # seed of the generated dataset (data_path unset)
+  # The sequence is the image's pixels: its length follows the resolution.
+  config.data.max_length = config.data.get_ref("resolution") ** 2
   if config.size == "tiny":
     config.data.resolution = 32
   return config

@@ -4,15 +4,16 @@ r"""Benchmarks attention mechanisms, forward + backward: time, throughput and pe
       [--lengths=1024,2048,4096 --mechanisms=local,longformer --dtype=bfloat16 \
        --hf_python=/tmp/hfvenv/bin/python]
 
-Mechanisms (one-sided window w, every query of a head sees at most 2w + 1 keys):
-  full        `jax.nn.dot_product_attention(local_window_size=(w, w), implementation="xla")`:
-              the same band as `local`, but as a dense masked [length, length] computation.
-  local       `lra.attention.sliding_window_attention`, window w.
-  dilated     the same with one dilation per head (`--dilations`).
-  longformer  `lra.attention.longformer_attention`: window w plus the first token global,
-              with separate global q/k/v (`max_global=1`).
+Rows (one-sided window w):
+  every variant of the registry (`lra.attention.variants()`: each mechanism and preset),
+              as a config naming it gets it, with window w; a preset's dilations can be
+              replaced (`--dilations`); mechanisms with global tokens have the first token
+              global, with separate global q/k/v (`max_global=1`).
+  jax_nn_banded  baseline: `jax.nn.dot_product_attention(local_window_size=(w, w),
+              implementation="xla")`, the undilated band of window w computed as a dense
+              masked [length, length] product.
 With `--hf_python`, HuggingFace's `LongformerSelfAttention` (experiments/bench_hf_longformer.py,
-run by that interpreter) adds an `hf_longformer` row per length that it supports.
+run by that interpreter) adds an `hf_longformer` baseline row per length that it supports.
 
 One timed step is a jit-compiled forward and `jax.vjp` pullback of a fixed random output
 gradient (a real array, as a model's backward hands the layer) to every input
@@ -51,10 +52,12 @@ import psutil
 from experiments import cli
 from lra import attention
 from lra import errors
+from lra.attention import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HF_SCRIPT = os.path.join(REPO, "experiments", "bench_hf_longformer.py")
 HF_MECHANISM = "hf_longformer"
+BANDED_BASELINE = "jax_nn_banded"
 # Positions of Longformer's global tokens: the first one, like a classifier's [CLS].
 GLOBAL_POSITIONS = (0,)
 
@@ -66,17 +69,20 @@ _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Dimension of each head.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Batch size.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Dtype of q, k, v and of the matmul-rate measurement.")
-_MECHANISMS = flags.DEFINE_list("mechanisms", ["full", "local", "dilated", "longformer"],
-                                "Mechanisms to measure: full, local, dilated, longformer.")
+_MECHANISMS = flags.DEFINE_list(
+    "mechanisms", None,
+    "Rows to measure: registry variants and baselines (default: every one of them).")
 _DILATIONS = flags.DEFINE_list(
-    "dilations", ["1", "2"],
-    "Dilations of `dilated`: the heads are split into equal consecutive groups, one per "
-    "value (the default gives half the heads dilation 1 and half dilation 2).")
+    "dilations", [],
+    "Per-head dilations of the presets that set a dilation: the heads are split into equal "
+    "consecutive groups, one per value (default: each preset's own).")
 _FULL_MAX_LENGTH = flags.DEFINE_integer(
-    "full_max_length", 8192, "Longest length measured for `full` (quadratic time and memory).")
+    "full_max_length", 8192,
+    "Longest length measured for the quadratic rows (quadratic mechanisms, the banded "
+    "baseline).")
 _MEMORY_LIMIT_GB = flags.DEFINE_float(
     "memory_limit_gb", None,
-    "Skip `full` at a length whose float32 score tensor alone exceeds this many GB "
+    "Skip a quadratic row at a length whose float32 score tensor alone exceeds this many GB "
     "(default: half the machine's memory).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measuring process.")
 _ROUNDS = flags.DEFINE_integer(
@@ -114,8 +120,7 @@ for _name in ("heads", "head_dim", "batch", "repeats", "rounds", "warmup", "matm
 flags.register_validator("lengths", lambda lengths: all(s.isdigit() and int(s) > 0
                                                         for s in lengths),
                          "must be positive integers, e.g. 1024,2048")
-flags.register_validator("dilations", lambda ds: ds and all(s.isdigit() and int(s) > 0
-                                                            for s in ds),
+flags.register_validator("dilations", lambda ds: all(s.isdigit() and int(s) > 0 for s in ds),
                          "must be integers >= 1, e.g. 1,2")
 
 
@@ -128,89 +133,129 @@ class Setup:
   head_dim: int
   batch: int
   dtype: str
-  dilations: tuple[int, ...]  # one per head, for `dilated`
+  dilations: tuple[int, ...]  # one per head for the dilating presets; () keeps their own
 
   @classmethod
   def from_flags(cls) -> "Setup":
     groups = [int(d) for d in _DILATIONS.value]
-    if _HEADS.value % len(groups):
+    if groups and _HEADS.value % len(groups):
       raise errors.ConfigError(
           f"--dilations has {len(groups)} values, which do not split --heads={_HEADS.value} "
           f"into equal groups")
-    per_group = _HEADS.value // len(groups)
+    per_group = _HEADS.value // max(len(groups), 1)
     return cls(window=_WINDOW.value, heads=_HEADS.value, head_dim=_HEAD_DIM.value,
                batch=_BATCH.value, dtype=_DTYPE.value,
                dilations=tuple(d for d in groups for _ in range(per_group)))
 
 
-def _full(setup: Setup, q, k, v):
-  return jax.nn.dot_product_attention(q, k, v, local_window_size=(setup.window, setup.window),
-                                      implementation="xla")
-
-
-def _local(setup: Setup, q, k, v):
-  return attention.sliding_window_attention(q, k, v, window=setup.window)
-
-
-def _dilated(setup: Setup, q, k, v):
-  return attention.sliding_window_attention(q, k, v, window=setup.window,
-                                            dilation=setup.dilations)
-
-
-def _longformer(setup: Setup, q, k, v, global_q, global_k, global_v):
-  # A numpy constant, as a model with a fixed [CLS]-like global token passes it.
-  global_mask = np.zeros(q.shape[:2], bool)
-  global_mask[:, list(GLOBAL_POSITIONS)] = True
-  return attention.longformer_attention(
-      q, k, v, window=setup.window, global_mask=global_mask, max_global=len(GLOBAL_POSITIONS),
-      global_q=global_q, global_k=global_k, global_v=global_v)
-
-
 @dataclasses.dataclass(frozen=True)
-class Mechanism:
-  """A benchmarked mechanism.
+class Measured:
+  """One benchmarked row: a registry variant or a baseline.
 
   Attributes:
-    attend: `(setup, *inputs) -> output`, inputs `[batch, length, heads, head_dim]`.
+    attend: `(*inputs) -> output`, inputs `[batch, length, heads, head_dim]`.
     inputs: number of input arrays (q, k, v, then any global q, k, v).
-    dilated: its heads use `setup.dilations` (else dilation 1).
-    global_tokens: `GLOBAL_POSITIONS` are global.
+    count_pairs: `length -> ` query-key pairs its pattern attends, summed over heads.
     quadratic: builds `[length, length]` scores, so long lengths are skipped.
   """
 
   attend: Callable[..., jax.Array]
+  count_pairs: Callable[[int], int]
   inputs: int = 3
-  dilated: bool = False
-  global_tokens: bool = False
   quadratic: bool = False
 
 
-MECHANISMS = {
-    "full": Mechanism(_full, quadratic=True),
-    "local": Mechanism(_local),
-    "dilated": Mechanism(_dilated, dilated=True),
-    "longformer": Mechanism(_longformer, inputs=6, global_tokens=True),
+def _global_mask(shape) -> np.ndarray:
+  # A numpy constant, as a model with a fixed [CLS]-like global token passes it.
+  global_mask = np.zeros(shape, bool)
+  global_mask[:, list(GLOBAL_POSITIONS)] = True
+  return global_mask
+
+
+def _measured_variant(name: str, setup: Setup) -> Measured:
+  """A registry variant as a config choosing it gets it, at this benchmark's window."""
+  mechanism, preset = attention.variants()[name]
+  dilation = None
+  if preset and "dilation" in preset(setup.heads) and setup.dilations:
+    dilation = setup.dilations
+  bound = attention.build(attention.variant_config(
+      name, num_heads=setup.heads, window=setup.window, dilation=dilation,
+      max_global=len(GLOBAL_POSITIONS)), setup.heads)
+  global_positions = GLOBAL_POSITIONS if bound.uses_global else ()
+
+  def attend(q, k, v, *global_qkv):
+    global_mask = _global_mask(q.shape[:2]) if bound.uses_global else None
+    return bound(q, k, v, global_mask=global_mask, global_qkv=global_qkv or None)
+
+  def count_pairs(length: int) -> int:
+    if mechanism.pattern is not attention.window_pattern:  # no closed form: count the mask
+      return int(np.sum(bound.pattern(length, global_mask=(
+          _global_mask((1, length)) if global_positions else None))))
+    options = dict(bound.options)
+    return pattern_pairs(length, options.get("window"),
+                         common.dilation_per_head(options.get("dilation", 1), setup.heads),
+                         global_positions, causal=options.get("causal", False))
+
+  return Measured(attend, count_pairs, inputs=6 if bound.uses_global else 3,
+                  quadratic=mechanism.quadratic)
+
+
+def _band_pairs(setup: Setup) -> Callable[[int], int]:
+  """The pair count of the undilated band of window w (both baselines compute it)."""
+  return lambda length: pattern_pairs(length, setup.window, (1,) * setup.heads)
+
+
+def _banded(setup: Setup) -> Measured:
+  def attend(q, k, v):
+    return jax.nn.dot_product_attention(
+        q, k, v, local_window_size=(setup.window, setup.window), implementation="xla")
+  return Measured(attend, _band_pairs(setup), quadratic=True)
+
+
+# Rows that are not mechanisms of the registry, by name -> their `Measured`. HF's layer runs
+# in its own interpreter (`_run_hf`); only its pattern is needed here.
+BASELINES: dict[str, Callable[[Setup], Measured]] = {
+    BANDED_BASELINE: _banded,
+    HF_MECHANISM: lambda setup: Measured(None, _band_pairs(setup)),
 }
+
+
+def row_names() -> list[str]:
+  """What `--mechanisms` may name: every registry variant, then the baselines (HF's only
+  through --hf_python)."""
+  return [*attention.variants(), BANDED_BASELINE]
+
+
+def measured(name: str, setup: Setup) -> Measured:
+  if name in BASELINES:
+    return BASELINES[name](setup)
+  return _measured_variant(name, setup)
+
+
 flags.register_validator(
-    "mechanisms", lambda names: names and set(names) <= set(MECHANISMS),
-    f"must be a comma-separated subset of {','.join(MECHANISMS)}")
+    "mechanisms", lambda names: names is None or (names and set(names) <= set(row_names())),
+    f"must be a comma-separated subset of the registry variants and baselines "
+    f"({','.join(row_names())})")
 
 
-def pattern_pairs(length: int, window: int, dilations: Sequence[int],
-                  global_positions: Sequence[int] = ()) -> int:
+def pattern_pairs(length: int, window: int | None, dilations: Sequence[int],
+                  global_positions: Sequence[int] = (), causal: bool = False) -> int:
   """Query-key pairs the pattern attends, summed over heads: sum_i |keys seen by query i|.
 
-  Counts exactly, sequence ends included, without building the `[length, length]` pattern:
-  a query sees `min(w, i // d)` keys before it, `min(w, (length - 1 - i) // d)` after it and
-  itself; the global keys outside that window; and a global query sees every key.
+  Counts `window_pattern` exactly, sequence ends included, without building the
+  `[length, length]` pattern: a query sees `min(w, i // d)` keys before it,
+  `min(w, (length - 1 - i) // d)` after it (none when causal) and itself (window None: every
+  key); the global keys outside that window; and a global query sees every key.
   """
   i = np.arange(length)
+  reach = length if window is None else window
   total = 0
   for d in dilations:
-    seen = np.minimum(window, i // d) + np.minimum(window, (length - 1 - i) // d) + 1
+    after = 0 if causal else np.minimum(reach, (length - 1 - i) // d)
+    seen = np.minimum(reach, i // d) + after + 1
     if global_positions:
       offset = np.array(global_positions)[None, :] - i[:, None]
-      global_in_window = (offset % d == 0) & (np.abs(offset) <= window * d)
+      global_in_window = (offset % d == 0) & (np.abs(offset) <= reach * d)
       seen += len(global_positions) - global_in_window.sum(axis=1)
       seen[list(global_positions)] = length
     total += int(seen.sum())
@@ -222,11 +267,7 @@ def useful_gflop(mechanism: str, length: int, setup: Setup) -> float:
 
   The backward pass is counted as twice the forward (4 matmuls against 2), as usual.
   """
-  # HF's layer computes the local pattern (no global tokens, dilation 1).
-  spec = MECHANISMS["local" if mechanism == HF_MECHANISM else mechanism]
-  dilations = setup.dilations if spec.dilated else (1,) * setup.heads
-  pairs = pattern_pairs(length, setup.window, dilations,
-                        GLOBAL_POSITIONS if spec.global_tokens else ())
+  pairs = measured(mechanism, setup).count_pairs(length)
   return 3 * 2 * 2 * setup.batch * pairs * setup.head_dim / 1e9
 
 
@@ -270,7 +311,7 @@ def _random_inputs(count: int, shape, dtype: str):
 
 
 def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
-  spec = MECHANISMS[mechanism]
+  spec = measured(mechanism, setup)
   shape = (setup.batch, length, setup.heads, setup.head_dim)
   *inputs, cotangent = _random_inputs(spec.inputs + 1, shape, setup.dtype)
   setup_rss_gb = psutil.Process().memory_info().rss / 1e9
@@ -280,7 +321,7 @@ def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
     # The gradients of every input for a fixed random output gradient, as a model's
     # backward hands the layer. (Under a loss like sum(output) the output's gradient would
     # be a constant, which XLA folds into the backward.)
-    _, pullback = jax.vjp(functools.partial(spec.attend, setup), *arrays)
+    _, pullback = jax.vjp(spec.attend, *arrays)
     return pullback(cotangent)
 
   step = functools.partial(forward_backward, cotangent)
@@ -326,8 +367,7 @@ def _run(command: list[str]) -> tuple[str | None, str]:
     return completed.stdout, ""
   if completed.returncode < 0:
     return None, f"killed by signal {-completed.returncode} (out of memory?)"
-  last = (completed.stderr.strip().splitlines() or ["no message"])[-1]
-  return None, f"exit {completed.returncode}: {last}"
+  return None, cli.child_failure(completed)
 
 
 def _run_self(spec: str) -> dict:
@@ -359,7 +399,7 @@ def _run_hf(length: int) -> dict:
 
 def _skip_reason(mechanism: str, length: int, setup: Setup,
                  memory_limit_gb: float) -> str | None:
-  if not MECHANISMS[mechanism].quadratic:
+  if not measured(mechanism, setup).quadratic:
     return None
   if length > _FULL_MAX_LENGTH.value:
     return f"skipped: length > --full_max_length={_FULL_MAX_LENGTH.value}"
@@ -384,7 +424,7 @@ def _plan(lengths: list[int]) -> list[tuple[str, int]]:
   if _HF_PYTHON.value:
     hf_lengths = {n for n in lengths
                   if n % (2 * _WINDOW.value) == 0 and n <= _HF_MAX_LENGTH.value}
-  names = list(dict.fromkeys(_MECHANISMS.value))
+  names = list(dict.fromkeys(_MECHANISMS.value or row_names()))
   return [(name, n) for n in lengths
           for name in names + ([HF_MECHANISM] if n in hf_lengths else [])]
 
@@ -501,27 +541,36 @@ def markdown(rows: list[dict], machine: dict) -> str:
 
 
 def key_ratios(rows: list[dict]) -> list[str]:
-  """The headline comparisons, `n/a` where a time was not measured."""
+  """The headline comparisons against the first linear registry variant measured: how its
+  time grows from the shortest to the longest length, and every other row's time over its
+  own at the longest length both reached."""
   median = {(r["mechanism"], r["length"]): r["median_s"] for r in rows if r["status"] == "ok"}
-
-  def ratio(label, numerator, denominator, comment=""):
-    if numerator in median and denominator in median:
-      return f"{label}: {median[numerator] / median[denominator]:.2f}{comment}"
-    return f"{label}: n/a (not measured)"
-
-  return [
-      ratio("time(local, 16384) / time(local, 2048)", ("local", 16384), ("local", 2048),
-            " (8.00 if linear)"),
-      ratio("time(full, 8192) / time(local, 8192)", ("full", 8192), ("local", 8192)),
-      ratio("time(hf_longformer, 4096) / time(local, 4096)", (HF_MECHANISM, 4096),
-            ("local", 4096)),
-  ]
+  names = list(dict.fromkeys(r["mechanism"] for r in rows))
+  variants = attention.variants()
+  linear = [n for n in names if n in variants and not variants[n][0].quadratic]
+  if not linear:
+    return []
+  reference = linear[0]
+  lines = []
+  lengths = sorted({length for name, length in median if name == reference})
+  if len(lengths) >= 2:
+    lo, hi = lengths[0], lengths[-1]
+    lines.append(f"time({reference}, {hi}) / time({reference}, {lo}): "
+                 f"{median[reference, hi] / median[reference, lo]:.2f} "
+                 f"({hi / lo:.2f} if linear)")
+  for name in names:
+    shared = [n for n in lengths if (name, n) in median]
+    if name != reference and shared:
+      n = shared[-1]
+      lines.append(f"time({name}, {n}) / time({reference}, {n}): "
+                   f"{median[name, n] / median[reference, n]:.2f}")
+  return lines
 
 
 def plot(rows: list[dict], machine: dict, path: str) -> None:
   """Time and peak RSS against length, log-log, one line per mechanism."""
   # Imported here: the measuring subprocesses never plot, and would pay for the import.
-  from lra import plotting  # pylint: disable=g-import-not-at-top
+  from experiments import plotting  # pylint: disable=g-import-not-at-top
   plotting.versus_length(
       rows, path, name_key="mechanism",
       panels=[("median_s", "seconds per step", "forward + backward time"),

@@ -41,6 +41,18 @@ and run it from the repository root:
 
 It prints the median seconds per step for each length and, with `--out`, writes
 a JSON list of {"length", "median_s", "times_s", "peak_rss_gb", "base_rss_gb"}.
+
+With `--model`, the whole `LongformerModel` is timed instead: random weights of
+`--layers` layers of `--heads` x `--head_dim` (the MLP 4x wider, vocabulary 50265 and
+4098 positions, as `allenai/longformer-base-4096`), `--global_tokens` leading global
+tokens, eval mode (no dropout), and one step is the forward and the backward of
+`sum(last_hidden_state * g)` into every parameter (`--remat`: with HF's gradient
+checkpointing of every layer). Lengths need not be multiples of
+the window (the model pads). `experiments.bench_pretrained` runs this side by side with
+the project's model:
+
+  /tmp/hfvenv/bin/python experiments/bench_hf_longformer.py --model \
+    --heads=12 --head_dim=64 --window=256 --layers=12 --global_tokens=1 --lengths=4096
 """
 
 import argparse
@@ -108,9 +120,40 @@ def _build_layer(args):
   return layer
 
 
+def _model_step(args, length):
+  """Forward + backward of the whole LongformerModel; returns the step function."""
+  config = transformers.LongformerConfig(
+      vocab_size=50265, max_position_embeddings=4098, type_vocab_size=1,
+      hidden_size=args.heads * args.head_dim, num_attention_heads=args.heads,
+      intermediate_size=4 * args.heads * args.head_dim, num_hidden_layers=args.layers,
+      attention_window=[2 * args.window] * args.layers, hidden_dropout_prob=0.0,
+      attention_probs_dropout_prob=0.0)
+  model = transformers.LongformerModel(config).eval()
+  if args.remat:
+    # HF checkpoints its layers only in training mode; dropout is 0, so train() changes
+    # nothing else.
+    model.gradient_checkpointing_enable()
+    model.train()
+  input_ids = torch.randint(3, config.vocab_size, (1, length))
+  global_attention_mask = torch.zeros(1, length, dtype=torch.long)
+  global_attention_mask[:, :args.global_tokens] = 1
+  cotangent = torch.randn(1, length, config.hidden_size)
+
+  def step():
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids, global_attention_mask=global_attention_mask).last_hidden_state
+    out.backward(cotangent)
+
+  return step
+
+
 def _measure_one_length(args, length):
   """Times one length in this process and returns its result record."""
   torch.manual_seed(0)
+  if args.model:
+    step = _model_step(args, length)
+    base_rss_gb = psutil.Process().memory_info().rss / 1e9
+    return _time_steps(args, step, length, base_rss_gb)
   layer = _build_layer(args)
   hidden = args.heads * args.head_dim
   x = torch.randn(1, length, hidden, dtype=torch.float32, requires_grad=True)
@@ -137,6 +180,10 @@ def _measure_one_length(args, length):
     )[0]
     out.backward(cotangent)
 
+  return _time_steps(args, step, length, base_rss_gb)
+
+
+def _time_steps(args, step, length, base_rss_gb):
   for _ in range(args.warmup):
     step()
   times = []
@@ -163,8 +210,9 @@ def _run_child(args, length):
       f"--lengths={length}", f"--repeats={args.repeats}",
       f"--warmup={args.warmup}", f"--threads={args.threads}",
       f"--heads={args.heads}", f"--head_dim={args.head_dim}",
-      f"--window={args.window}",
-  ]
+      f"--window={args.window}", f"--layers={args.layers}",
+      f"--global_tokens={args.global_tokens}",
+  ] + (["--model"] if args.model else []) + (["--remat"] if args.remat else [])
   # stderr passes through so a crash in the child shows its traceback.
   completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
   if completed.returncode != 0:
@@ -186,12 +234,19 @@ def main():
   parser.add_argument("--heads", type=int, default=8)
   parser.add_argument("--head_dim", type=int, default=64)
   parser.add_argument("--window", type=int, default=256, help="One-sided window.")
+  parser.add_argument("--model", action="store_true",
+                      help="Time the whole LongformerModel instead of the attention core.")
+  parser.add_argument("--layers", type=int, default=12, help="Layers, with --model.")
+  parser.add_argument("--global_tokens", type=int, default=0,
+                      help="Leading global tokens, with --model.")
+  parser.add_argument("--remat", action="store_true",
+                      help="With --model: gradient checkpointing of every layer.")
   parser.add_argument("--out", default=None, help="Write the JSON list of results here.")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
 
   for length in args.lengths:
-    if length <= 0 or length % (2 * args.window):
+    if length <= 0 or (not args.model and length % (2 * args.window)):
       parser.error(f"length {length} is not a positive multiple of 2 * window = "
                    f"{2 * args.window}, which HF's layer asserts")
   if args.repeats < 1:
@@ -202,7 +257,8 @@ def main():
     print(json.dumps(_measure_one_length(args, args.lengths[0])))
     return
 
-  print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+  what = f"LongformerModel of {args.layers} layers" if args.model else "attention core"
+  print(f"{what}: torch {torch.__version__}, transformers {transformers.__version__}, "
         f"{args.threads} threads, {args.heads}x{args.head_dim} heads, "
         f"one-sided window {args.window}, {args.warmup} warmup + {args.repeats} repeats")
   results = []

@@ -110,8 +110,7 @@ def main(argv):
                             "--in_process"], capture_output=True, text=True)
   lines = [l for l in process.stdout.splitlines() if l.startswith("RESULT ")]
   if process.returncode or not lines:
-    tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
-    sys.exit(f"error: the measurement failed: {tail}")
+    sys.exit(f"error: the measurement failed: {cli.child_failure(process)}")
   result = json.loads(lines[-1][len("RESULT "):])
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, "bench_model.jsonl"), "a") as f:

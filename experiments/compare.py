@@ -1,7 +1,7 @@
 r"""Compares attention variants on one task: accuracy, speed, memory, and their figures.
 
   python -m experiments.compare --config=configs/listops.py \
-      --attention=full,local,dilated,longformer --size=small --seeds=3 \
+      [--attention=<variants of the registry; default: every one>] --size=small --seeds=3 \
       --workdir=results/compare_listops_small
 
 Trains one run per (variant, seed) in `--workdir/<variant>_seed<k>/`, each by
@@ -23,9 +23,10 @@ launches to its `wall_time.json`. Then writes, in --workdir:
 Measures the training steps/s and peak memory of each variant's whole model at each length
 (LRA's Table 2, Longformer's Figure 1) with `experiments.bench_model` (a fresh process per
 measurement, on random tokens) and writes efficiency.md, efficiency.csv and efficiency.png:
-the measurements relative to full attention, the length from which each variant trains
-faster than full attention, and how its memory and time grow with length. Full attention
-stops at --full_max_length, or where its estimated memory exceeds --memory_limit_gb.
+the measurements relative to full attention (the first variant compared whose mechanism the
+registry marks quadratic), the length from which each variant trains faster than it, and how
+its memory and time grow with length. Quadratic variants stop at --full_max_length, or where
+their estimated memory exceeds --memory_limit_gb.
 """
 
 import csv
@@ -43,14 +44,16 @@ from absl import flags
 import psutil
 
 from experiments import cli
+from lra import attention
 from lra import config_utils
 from lra import errors
 
 _CONFIG = flags.DEFINE_string(
     "config", None, "Task config file, e.g. configs/listops.py; arguments after ':' other "
     "than attention and size go to every run, e.g. configs/listops.py:window=16.")
-_ATTENTION = flags.DEFINE_list("attention", list(config_utils.VARIANTS),
-                               f"Variants to compare: {', '.join(config_utils.VARIANTS)}.")
+_ATTENTION = flags.DEFINE_list("attention", None,
+                               "Variants to compare: registry variants (default: every one, "
+                               f"now {', '.join(attention.variants())}).")
 _SIZE = flags.DEFINE_enum("size", "small", config_utils.SIZES, "Size of every run.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Runs per variant, with config.seed 0, 1, ...")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the runs and of the outputs.")
@@ -65,14 +68,17 @@ _LENGTHS = flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", 
 _BATCH = flags.DEFINE_integer("batch", 1, "--efficiency: batch size.")
 _STEPS = flags.DEFINE_integer("steps", 3, "--efficiency: timed steps after the compiling one.")
 _FULL_MAX_LENGTH = flags.DEFINE_integer(
-    "full_max_length", 8192, "--efficiency: longest length measured for full attention.")
+    "full_max_length", 8192, "--efficiency: longest length measured for quadratic variants.")
 _MEMORY_LIMIT_GB = flags.DEFINE_float(
-    "memory_limit_gb", None, "--efficiency: skip full attention where its estimated memory "
+    "memory_limit_gb", None, "--efficiency: skip a quadratic variant where its estimated memory "
     "exceeds this many GB (default: half the machine's memory).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-flags.register_validator("attention", lambda names: names and set(names) <= set(
-    config_utils.VARIANTS), f"must be a comma-separated subset of {','.join(config_utils.VARIANTS)}")
+flags.register_validator(
+    "attention", lambda names: names is None or (names and set(names) <= set(
+        attention.variants())),
+    f"must be a comma-separated subset of the registry's variants "
+    f"({','.join(attention.variants())})")
 flags.register_validator("lengths", lambda lengths: all(s.isdigit() and int(s) > 0
                                                         for s in lengths),
                          "must be positive integers, e.g. 1024,2048")
@@ -124,7 +130,7 @@ def _variant_configs() -> dict[str, tuple[str, dict]]:
     raise errors.ConfigError("choose the variants with --attention and the size with --size, "
                              f"not in --config={_CONFIG.value}")
   configs = {}
-  for variant in dict.fromkeys(_ATTENTION.value):
+  for variant in dict.fromkeys(_ATTENTION.value or attention.variants()):
     spec = f"{path}:{','.join(filter(None, (arg, f'attention={variant}', f'size={_SIZE.value}')))}"
     # A config file that does not take these arguments fails here, in one line.
     configs[variant] = spec, json.loads(config_utils.load_config(spec).to_json_best_effort())
@@ -330,7 +336,7 @@ def comparison_markdown(rows: list[dict], task: str) -> str:
 
 def write_comparison(runs: list[Run], task: str) -> str:
   """Writes comparison.{md,csv} and the two figures; returns the Markdown."""
-  from lra import plotting  # pylint: disable=g-import-not-at-top  (matplotlib: slow import)
+  from experiments import plotting  # pylint: disable=g-import-not-at-top  (matplotlib: slow import)
   rows = summarize(runs)
   out = _WORKDIR.value
   _write_csv(os.path.join(out, "comparison.csv"), COMPARISON_COLUMNS, rows)
@@ -363,9 +369,13 @@ EFFICIENCY_COLUMNS = ("variant", "length", "batch", "status", "steps_per_sec",
                       "compile_and_first_step_s")
 
 
-def _full_skip(config: dict, length: int, memory_limit_gb: float) -> str | None:
-  """Why full attention is not measured at `length`, or None."""
-  if config["attention"]["name"] != "full":
+def _quadratic(config: dict) -> bool:
+  return attention.get(config["attention"]["name"]).quadratic
+
+
+def _quadratic_skip(config: dict, length: int, memory_limit_gb: float) -> str | None:
+  """Why a quadratic variant is not measured at `length`, or None."""
+  if not _quadratic(config):
     return None
   if length > _FULL_MAX_LENGTH.value:
     return f"skipped: length > --full_max_length={_FULL_MAX_LENGTH.value}"
@@ -386,7 +396,7 @@ def _bench(spec: str, length: int) -> dict:
              f"--out={_WORKDIR.value}"]
   completed = subprocess.run(command, capture_output=True, text=True, check=False)
   if completed.returncode:
-    return {"status": f"failed: {(completed.stderr.strip().splitlines() or ['no output'])[-1]}"}
+    return {"status": f"failed: {cli.child_failure(completed)}"}
   # bench_model appends its record to bench_model.jsonl; this one is the last line.
   with open(os.path.join(_WORKDIR.value, "bench_model.jsonl")) as f:
     record = json.loads(f.readlines()[-1])
@@ -396,32 +406,32 @@ def _bench(spec: str, length: int) -> dict:
           "device": record["device"]}
 
 
-def _relative_to_full(rows: list[dict]) -> None:
-  full = {r["length"]: r for r in rows if r["variant"] == "full" and r["status"] == "ok"}
+def _relative_to_full(rows: list[dict], full_variant: str | None) -> None:
+  full = {r["length"]: r for r in rows if r["variant"] == full_variant and r["status"] == "ok"}
   for row in rows:
     if row["status"] == "ok" and row["length"] in full:
       row["steps_per_sec_vs_full"] = row["steps_per_sec"] / full[row["length"]]["steps_per_sec"]
       row["memory_vs_full"] = row["peak_memory_gb"] / full[row["length"]]["peak_memory_gb"]
 
 
-def efficiency_findings(rows: list[dict]) -> list[str]:
+def efficiency_findings(rows: list[dict], full_variant: str | None) -> list[str]:
   """Where each variant overtakes full attention, and how its memory and time grow."""
   lines = []
   for variant in dict.fromkeys(r["variant"] for r in rows):
     done = [r for r in rows if r["variant"] == variant and r["status"] == "ok"]
     compared = [r for r in done if r.get("steps_per_sec_vs_full") is not None]
-    if variant != "full" and compared:
+    if variant != full_variant and compared:
       # The first length from which it stays faster, so that one noisy point does not count.
       faster = [r["steps_per_sec_vs_full"] > 1 for r in compared]
       first = next((i for i in range(len(faster)) if all(faster[i:])), None)
       if first is None:
-        lines.append(f"{variant} is not faster than full at the longest length measured "
-                     f"for both ({compared[-1]['length']})")
+        lines.append(f"{variant} is not faster than {full_variant} at the longest length "
+                     f"measured for both ({compared[-1]['length']})")
       elif first == 0:
-        lines.append(f"{variant} is faster than full at every length measured for both "
-                     f"(from {compared[0]['length']})")
+        lines.append(f"{variant} is faster than {full_variant} at every length measured for "
+                     f"both (from {compared[0]['length']})")
       else:
-        lines.append(f"crossover: {variant} is faster than full from length "
+        lines.append(f"crossover: {variant} is faster than {full_variant} from length "
                      f"{compared[first]['length']} on (slower at {compared[first - 1]['length']})")
     if len(done) >= 2:
       a, b = done[-2], done[-1]
@@ -436,15 +446,15 @@ def _device(rows: list[dict]) -> str:
   return next((r["device"] for r in rows if r["status"] == "ok"), "no device")
 
 
-def efficiency_markdown(rows: list[dict], task: str) -> str:
+def efficiency_markdown(rows: list[dict], task: str, full_variant: str | None) -> str:
   lines = [
       f"# Training speed and memory against length: {task}, size {_SIZE.value}, "
       f"batch {_BATCH.value}",
       "",
       f"Made by `{_command()}`",
       "",
-      "| variant | length | steps/s | steps/s vs full | peak memory (GB) | memory vs full "
-      "| note |",
+      f"| variant | length | steps/s | steps/s vs {full_variant} | peak memory (GB) "
+      f"| memory vs {full_variant} | note |",
       "|---|---:|---:|---:|---:|---:|---|",
   ]
   for row in rows:
@@ -461,7 +471,7 @@ def efficiency_markdown(rows: list[dict], task: str) -> str:
       f"steps/s from the median of {_STEPS.value} steps after the compiling one; peak "
       "memory is the process's peak RSS (GB, 1e9 bytes), JAX's runtime included.",
       "",
-      *(f"- {line}" for line in efficiency_findings(rows)),
+      *(f"- {line}" for line in efficiency_findings(rows, full_variant)),
   ]
   return "\n".join(lines) + "\n"
 
@@ -469,23 +479,25 @@ def efficiency_markdown(rows: list[dict], task: str) -> str:
 def efficiency(configs: dict[str, tuple[str, dict]], task: str) -> str:
   """Measures every (length, variant), lengths outside so that machine noise falls on all
   variants alike; writes efficiency.{md,csv,png} and returns the Markdown."""
-  from lra import plotting  # pylint: disable=g-import-not-at-top  (matplotlib: slow import)
+  from experiments import plotting  # pylint: disable=g-import-not-at-top  (matplotlib: slow import)
   memory_limit_gb = _MEMORY_LIMIT_GB.value or psutil.virtual_memory().total / 2e9
   plan = [(variant, int(n)) for n in _LENGTHS.value for variant in configs]
   rows = []
   for index, (variant, length) in enumerate(plan, 1):
     print(f"[{index}/{len(plan)}] {variant} length {length} ...", flush=True)
     spec, config = configs[variant]
-    skip = _full_skip(config, length, memory_limit_gb)
+    skip = _quadratic_skip(config, length, memory_limit_gb)
     row = {"variant": variant, "length": length, "batch": _BATCH.value,
            **({"status": skip} if skip else _bench(spec, length))}
     rows.append(row)
     print(f"  {row['steps_per_sec']:.3f} steps/s, peak memory {row['peak_memory_gb']:.2f} GB"
           if row["status"] == "ok" else f"  {row['status']}", flush=True)
-  _relative_to_full(rows)
+  # Full attention: the first quadratic variant compared (LRA's and Longformer's reference).
+  full_variant = next((v for v, (_, config) in configs.items() if _quadratic(config)), None)
+  _relative_to_full(rows, full_variant)
   out = _WORKDIR.value
   _write_csv(os.path.join(out, "efficiency.csv"), EFFICIENCY_COLUMNS, rows)
-  text = efficiency_markdown(rows, task)
+  text = efficiency_markdown(rows, task, full_variant)
   with open(os.path.join(out, "efficiency.md"), "w") as f:
     f.write(text)
   for row in rows:  # the plot's time axis: lower is better, as in Longformer's Figure 1

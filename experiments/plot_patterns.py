@@ -1,16 +1,17 @@
-r"""Draws which keys each query sees, for each attention mechanism, as one PNG grid.
+r"""Draws which keys each query sees, for each attention variant, as one PNG grid.
 
-  python -m experiments.plot_patterns --attention=full,local,dilated,longformer --out=DIR \
-      [--length=32 --window=3 --dilations=1,2 --padding=4]
+  python -m experiments.plot_patterns --out=DIR [--attention=<registry variants; default:
+      every one> --causal=<variants also drawn causal> --length=32 --window=3 \
+      --dilations=1,2 --padding=4]
 
-Writes DIR/attention_patterns.png. Each panel is `lra.attention.pattern_mask`, the oracle
-that every fast path is tested against, for one mechanism (one head for `dilated`, one panel
-per head): rows are queries, columns keys. A cell's colour says why the key is seen: inside
-the window (anywhere, for full attention), or only because one of the two is a global token;
-grey cells would be seen but for padding (the last --padding positions).
-
-Mechanisms: full, local, causal (causal local), dilated (one head per --dilations value),
-longformer (local plus global tokens at the first and the middle position).
+Writes DIR/attention_patterns.png. Each panel is the registry's pattern of a variant
+(`BoundAttention.pattern`: `lra.attention.pattern_mask` for the built-in mechanisms, the
+oracle that every fast path is tested against) for one head: rows are queries, columns keys;
+a variant whose heads differ (per-head dilations) gets one panel per distinct head. A cell's
+colour says why the key is seen: inside the window (anywhere, for full attention), or only
+because one of the two is a global token; grey cells would be seen but for padding (the last
+--padding positions). Mechanisms with global tokens have them at the first and the middle
+position.
 """
 
 import dataclasses
@@ -33,55 +34,68 @@ from matplotlib import pyplot as plt  # noqa: E402
 
 @dataclasses.dataclass(frozen=True)
 class Panel:
-  """One drawn pattern: `pattern_mask` options and the head shown."""
+  """One drawn pattern: a bound variant, the head shown and the global positions."""
 
   title: str
-  window: int | None = None
-  dilation: tuple[int, ...] = (1,)  # one per head
+  bound: attention.BoundAttention
   head: int = 0
-  causal: bool = False
   global_positions: tuple[int, ...] = ()
 
 
-def _full(length, window, dilations):
-  return [Panel("full: every key")]
+def _describe(bound: attention.BoundAttention, head: int) -> str:
+  """The options that make this pattern what it is: those set away from their defaults."""
+  parts = []
+  for key, value in bound.options:
+    if value is None or value == bound.mechanism.options[key].default:
+      continue
+    if key == "dilation" and isinstance(value, tuple):
+      parts.append(f"head {head}: dilation {value[head]}")
+    else:
+      parts.append(key if value is True else f"{key} {value}")
+  return ", ".join(parts)
 
 
-def _local(length, window, dilations):
-  return [Panel(f"local: window {window}", window=window)]
+def panels(variant: str, length: int, window: int, dilations: tuple[int, ...],
+           causal: bool = False) -> list[Panel]:
+  """The panels of one registry variant over `len(dilations)` heads (which are also the
+  per-head dilations of a preset that sets a dilation): one per head whose pattern differs
+  from the heads before it."""
+  mechanism, preset = attention.variants()[variant]
+  num_heads = len(dilations)
+  given = {"window": window, "causal": True if causal else None}
+  if preset and "dilation" in preset(num_heads):
+    given["dilation"] = dilations
+  config = attention.variant_config(variant, num_heads=num_heads, **given)
+  if causal and not config.get("causal"):
+    raise errors.ConfigError(f"--causal={variant}: attention {variant!r} has no causal option")
+  bound = attention.build(config, num_heads)
+  positions = (0, length // 2) if bound.uses_global else ()
+  heads = np.asarray(bound.pattern(length))[0]
+  distinct = [h for h in range(num_heads)
+              if not any(np.array_equal(heads[h], heads[g]) for g in range(h))]
+  suffix = f", global {', '.join(map(str, positions))}" if positions else ""
+  return [Panel(f"{variant}: {_describe(bound, head) or 'every key'}{suffix}", bound, head,
+                positions) for head in distinct]
 
 
-def _causal(length, window, dilations):
-  return [Panel(f"causal local: window {window}", window=window, causal=True)]
-
-
-def _dilated(length, window, dilations):
-  return [Panel(f"dilated, head {head}: window {window}, dilation {d}", window=window,
-                dilation=dilations, head=head)
-          for head, d in enumerate(dilations)]
-
-
-def _longformer(length, window, dilations):
-  positions = (0, length // 2)
-  return [Panel(f"longformer: window {window}, global {', '.join(map(str, positions))}",
-                window=window, global_positions=positions)]
-
-
-# Mechanism name -> (length, window, dilations) -> its panels.
-PANELS = {"full": _full, "local": _local, "causal": _causal, "dilated": _dilated,
-          "longformer": _longformer}
-
-_ATTENTION = flags.DEFINE_list("attention", ["full", "local", "dilated", "longformer"],
-                               f"Mechanisms to draw: {', '.join(PANELS)}.")
+_ATTENTION = flags.DEFINE_list("attention", None,
+                               "Variants to draw (default: every variant of the registry, now "
+                               f"{', '.join(attention.variants())}).")
+_CAUSAL = flags.DEFINE_list("causal", [],
+                            "Variants also drawn causal (they need a causal option).")
 _LENGTH = flags.DEFINE_integer("length", 32, "Sequence length.")
 _WINDOW = flags.DEFINE_integer("window", 3, "One-sided window w.")
-_DILATIONS = flags.DEFINE_list("dilations", ["1", "2"],
-                               "Dilation of each head drawn for `dilated`.")
+_DILATIONS = flags.DEFINE_list(
+    "dilations", ["1", "2"],
+    "Dilation of each head drawn, for the presets that set a dilation (e.g. dilated).")
 _PADDING = flags.DEFINE_integer("padding", 4, "Padded positions at the end (0 for none).")
 _OUT = flags.DEFINE_string("out", "results/patterns", "Folder of attention_patterns.png.")
 
-flags.register_validator("attention", lambda names: names and set(names) <= set(PANELS),
-                         f"must be a comma-separated subset of {','.join(PANELS)}")
+for _name in ("attention", "causal"):
+  flags.register_validator(
+      _name, lambda names: not names or set(names) <= set(attention.variants()),
+      f"must be a comma-separated subset of the registry's variants "
+      f"({','.join(attention.variants())})")
 flags.register_validator("length", lambda n: n >= 2, "must be >= 2")
 flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
 flags.register_validator("dilations", lambda ds: ds and all(s.isdigit() and int(s) > 0
@@ -97,16 +111,14 @@ LEGEND = {NOT_SEEN: ("not seen", "white"), WINDOW: ("window", "#3b6ea8"),
 
 def categories(panel: Panel, length: int, padding: int) -> np.ndarray:
   """int `[length, length]` (query, key): the category of every cell of the panel."""
-  options = dict(window=panel.window, dilation=panel.dilation, causal=panel.causal,
-                 num_heads=len(panel.dilation))
   global_mask = None
   if panel.global_positions:
     global_mask = np.zeros((1, length), bool)
     global_mask[0, list(panel.global_positions)] = True
   real = (np.arange(length) < length - padding)[None]
 
-  def pattern(**extra):
-    return np.asarray(attention.pattern_mask(length, **options, **extra))[0, panel.head]
+  def pattern(**masks):
+    return np.asarray(panel.bound.pattern(length, **masks))[0, panel.head]
 
   window = pattern()
   unpadded = pattern(global_mask=global_mask)
@@ -156,11 +168,13 @@ def main(argv):
   if padding >= length:
     raise errors.ConfigError(f"--padding={padding} leaves no real token of --length={length}")
   dilations = tuple(int(d) for d in _DILATIONS.value)
-  panels = [panel for name in dict.fromkeys(_ATTENTION.value)
-            for panel in PANELS[name](length, window, dilations)]
+  drawn = [panel for name in dict.fromkeys(_ATTENTION.value or attention.variants())
+           for panel in panels(name, length, window, dilations)]
+  drawn += [panel for name in dict.fromkeys(_CAUSAL.value)
+            for panel in panels(name, length, window, dilations, causal=True)]
   os.makedirs(_OUT.value, exist_ok=True)
   path = os.path.join(_OUT.value, "attention_patterns.png")
-  draw(panels, length, window, padding, path)
+  draw(drawn, length, window, padding, path)
   print(f"wrote {path}")
 
 

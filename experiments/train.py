@@ -3,8 +3,13 @@ r"""Trains one task from a config file.
   python -m experiments.train --config=configs/listops.py:attention=longformer,size=small \
       --workdir=runs/listops_small_longformer [--config.num_train_steps=500 ...]
 
-Relaunching with the same --workdir resumes from its last checkpoint.
+Relaunching with the same --workdir resumes from its last checkpoint. The terminal shows the
+run's progress, validation and result lines; all logging, other libraries' included, goes to
+`<workdir>/train.log` (`--verbosity=0` shows it on the terminal too). At the end the workdir
+also holds `curves.png`, the training curves.
 """
+
+import os
 
 from absl import app
 from absl import flags
@@ -21,17 +26,23 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from lra import train  # after flag parsing: importing JAX is slow
-  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  # Test score -> the score of a model that ignores its input.
-  baselines = {"test_accuracy": ("majority_class_rate", "majority class"),
-               "test_bpc": ("unigram_entropy_bits", "unigram entropy")}
-  for key, (baseline_key, label) in baselines.items():
-    if results.get(key) is not None:
-      baseline = results.get(baseline_key)
-      extra = f" ({label}: {baseline:.3f})" if baseline is not None else ""
-      print(f"{key.replace('_', ' ')}: {results[key]:.4f}{extra}")
-  print(f"results: {_WORKDIR.value}/results.json")
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  cli.make_workdir(workdir)
+  cli.log_to_file(os.path.join(workdir, "train.log"))
+  # After flag parsing: importing JAX and matplotlib is slow.
+  from experiments import plotting  # pylint: disable=g-import-not-at-top
+  from lra import data as lra_data  # pylint: disable=g-import-not-at-top
+  from lra import train  # pylint: disable=g-import-not-at-top
+  results = train.train_and_evaluate(config, workdir)
+  metrics = lra_data.task(config).metrics
+  score = f"test_{metrics.selection}"
+  baseline = results[metrics.baseline]
+  extra = f" ({metrics.baseline_label}: {baseline:.3f})" if baseline is not None else ""
+  print(f"{score.replace('_', ' ')}: {results[score]:.4f}{extra}")
+  plotting.training_curves(os.path.join(workdir, "metrics.jsonl"),
+                           os.path.join(workdir, "curves.png"),
+                           title=f"{config.task} / {config.attention.name}")
+  print(f"results: {workdir}/results.json")
 
 
 if __name__ == "__main__":

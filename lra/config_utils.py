@@ -3,21 +3,25 @@
 A config file is launched as `--config=configs/listops.py:attention=longformer,size=small`;
 the string after the colon reaches `get_config(arg)`. Its keys and their defaults are
 declared by the config file, so a typo is an error, and values take the defaults' types.
+
+Fields computed from others are ml_collections `FieldReference`s of their sources, so they
+follow an override of a source on the command line (`--config.data.resolution=128` makes
+Path-X's `data.max_length`, and with it the model's, 16384); overriding the computed field
+itself sets it alone.
 """
 
 import dataclasses
 import importlib.util
 import os
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import ml_collections
 from ml_collections import config_dict
 
+from lra import attention as attention_lib
 from lra import errors
 
 SIZES = ("paper", "small", "tiny")
-# Attention variants a config can name; `dilated` is `local` with per-head dilation.
-VARIANTS = ("full", "local", "dilated", "longformer")
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
@@ -57,31 +61,47 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     values[key] = _parse_value(key, text, defaults[key])
   if "size" in values and values["size"] not in SIZES:
     raise errors.ConfigError(f"size must be one of {SIZES}, got {values['size']!r}")
-  if "attention" in values and values["attention"] not in VARIANTS:
+  variants = attention_lib.variants()
+  if "attention" in values and values["attention"] not in variants:
     raise errors.ConfigError(
-        f"unknown attention {values['attention']!r}; choose one of: {', '.join(VARIANTS)}")
+        f"unknown attention {values['attention']!r}; choose one of: {', '.join(variants)}")
   return ml_collections.ConfigDict(values)
 
 
 def attention_config(variant: str, *, window: int, num_heads: int,
                      dilation: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
-  """The registry config of an attention variant.
+  """The registry config of an attention variant (`lra.attention.variants()`).
 
-  `dilated` gives the first half of the heads dilation 1 and the rest dilation 2, unless
-  `dilation` names one per head.
+  Every option of the variant's mechanism is a field (its meaning: the registry's
+  `Option.doc`), so `--config.attention.<option>=...` sets any of them and a typo fails;
+  options without a default are typed placeholders. `window` and `dilation` (one per head)
+  apply where the mechanism takes them; a preset's own options (the dilations of
+  `dilated`) give way to a `dilation` given here.
   """
-  if variant == "full":
-    return ml_collections.ConfigDict({"name": "full"})  # no window: a typo'd override fails
-  if variant == "dilated" and not dilation:
-    dilation = (1,) * (num_heads // 2) + (2,) * (num_heads - num_heads // 2)
-  attention = ml_collections.ConfigDict({
-      "name": "longformer" if variant == "longformer" else "local",
-      "window": window,  # one-sided window w: each query sees w keys on each side
-      "block_size": config_dict.placeholder(int),  # None: chosen from the window
-  })
-  # One int for every head, or one per head.
-  attention.dilation = tuple(dilation) if dilation else 1
-  return attention
+  options = attention_lib.variant_config(variant, num_heads=num_heads, window=window,
+                                         dilation=tuple(dilation) or None)
+  mechanism = attention_lib.get(options["name"])
+  return ml_collections.ConfigDict({
+      key: config_dict.placeholder(mechanism.options[key].type) if value is None else value
+      for key, value in options.items()})
+
+
+class _Compute(NamedTuple):
+  """An op of ml_collections' `FieldReference(op=...)`: `fn(value, *args)`, with every
+  `FieldReference` in `args` read afresh each time the field is read."""
+
+  fn: Callable
+  args: list
+
+
+def computed(fn: Callable, *sources: config_dict.FieldReference,
+             field_type: type) -> config_dict.FieldReference:
+  """A field equal to `fn(*sources)` whenever it is read: it follows every change of a
+  source (`config.get_ref(name)`) until it is set itself. (FieldReference's own operators
+  cover arithmetic; this covers any function, such as a sum over a tuple.)"""
+  return config_dict.FieldReference(
+      field_type(), field_type=field_type,
+      op=_Compute(lambda _, *values: fn(*values), list(sources)))
 
 
 def base_config(task: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -136,7 +156,8 @@ class Preset:
   width: int
   heads: int
   mlp: int  # hidden width of the MLP blocks and of the classification head
-  max_length: int  # tokens kept per sequence (per document for retrieval)
+  max_length: int | None  # tokens kept per sequence (per document for retrieval); None:
+                          # computed by the config (an image's pixels)
   window: int  # one-sided attention window of the local and Longformer variants
   batch: int
   steps: int
@@ -164,7 +185,8 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
                           **data) -> ml_collections.ConfigDict:
   """A full LRA classification config from the preset of `size` and the task's options.
 
-  `arg` takes attention=full|local|dilated|longformer, size=paper|small|tiny,
+  `arg` takes attention=<a variant of the registry: `lra.attention.variants()`>,
+  size=paper|small|tiny,
   window=<one-sided window, 0 = the preset's>, dilation=<d or d/d/.../d per head>.
   Dropout and weight decay are the paper's at size=paper; smaller sizes train without
   dropout and with weight decay 0.01 (short runs underfit rather than overfit).
@@ -173,7 +195,8 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
   preset = presets[args.size]
   paper = args.size == "paper"
   config = base_config(task, args)
-  config.data.max_length = preset.max_length
+  if preset.max_length is not None:
+    config.data.max_length = preset.max_length
   config.data.update(data)
 
   config.model.kind = kind  # classifier | dual_encoder
@@ -190,7 +213,7 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
                                       num_heads=preset.heads, dilation=args.dilation)
 
   config.batch_size = preset.batch
-  config.eval_batch_size = preset.batch
+  config.eval_batch_size = config.get_ref("batch_size").identity()  # follows batch_size
   config.num_train_steps = preset.steps
   config.log_every_steps = preset.log_every
   config.eval_every_steps = preset.eval_every
@@ -263,7 +286,7 @@ def charlm_config(data_format: str, arg: str | None) -> ml_collections.ConfigDic
   # `seq_length` with `batch_size`, windows x `window_scale`, and `learning_rate` after a
   # linear warmup of `warmup_steps`.
   config.phases = ml_collections.ConfigDict(preset["phases"])
-  config.num_train_steps = sum(preset["phases"]["steps"])
+  config.num_train_steps = computed(sum, config.phases.get_ref("steps"), field_type=int)
   # Bits per character over windows of `length`, `step` apart, each scoring its last
   # `scored_length` predictions (the first window scores all); max_chars > 0 evaluates only
   # the first max_chars characters of a split.

@@ -1,28 +1,27 @@
 """`train_and_evaluate(config, workdir)`: the one trainer of every task.
 
-Tasks differ only in their data (`lra.data`) and model (`lra.models`); this loop is shared.
-A workdir holds `config.json`, `vocab.json`, `metrics.jsonl` (one JSON object per logged
-step), `checkpoints/` (train state + data iterator, for exact resume), `best/` (parameters
-of the best validation score), and at the end `results.json` and `curves.png`.
+Tasks differ only in their data and model; this loop is shared and knows a task only through
+`lra.data.task(config)` (its phases, pipelines and metrics; see `lra/data/__init__.py`) and
+`lra.models.build`. A workdir holds `config.json`, `vocab.json`, `metrics.jsonl` (one JSON
+object per logged step), `checkpoints/` (train state + data iterator, for exact resume),
+`best/` (parameters of the best validation score), and at the end `results.json`.
 
-Staged training (`config.phases`, character-level LM): each phase has its own sequence
-length, batch size, window scale and learning rate. The parameters are shared; each phase
-has its own model graph (its windows) and jitted steps, and step `i`'s phase follows from `i`
-alone, so resuming across a phase boundary is exact too.
+Each phase of training (one for most tasks) has its own model graph and jitted steps over
+shared parameters. Progress goes to `absl.logging`.
 
 Relaunching on the same workdir resumes from the last checkpoint: the batches, dropout
 keys and metrics after it are those of an uninterrupted run. The test score is that of the
-best validation checkpoint, never of the last step.
+best validation checkpoint, never of the last step (unless `best/` was emptied by hand; then
+a warning says so, and `results.json`'s `tested_step` is the last step).
 """
 
-import copy
 import dataclasses
 import json
 import math
 import os
 import resource
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -37,19 +37,10 @@ from jax.sharding import PartitionSpec as P
 import grain
 from lra import data as lra_data
 from lra import errors
-from lra import input_pipeline
 from lra import models
-from lra import plotting
-from lra.data import charlm
-
-# Summed metric -> the per-count average reported (e.g. correct predictions -> accuracy).
-_AVERAGES = {"loss": "loss", "correct": "accuracy", "bits": "bpc"}
-# The validation score that picks the best checkpoint: the first one a task reports, with
-# whether higher is better.
-_SELECTION = (("accuracy", True), ("bpc", False))
 
 
-def _check_config(config) -> None:
+def _check_config(config, phases: lra_data.Phases) -> None:
   for key in ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
               "log_every_steps", "batch_size", "eval_batch_size"):
     if key in config and config[key] <= 0:
@@ -60,10 +51,7 @@ def _check_config(config) -> None:
         f"of config.log_every_steps ({config.log_every_steps}), so that a resumed run logs "
         f"the same averages as an uninterrupted one")
   batch_sizes = {key: config[key] for key in ("batch_size", "eval_batch_size") if key in config}
-  if "phases" in config:
-    _check_phases(config)
-    batch_sizes.update({f"phases.batch_size[{i}]": b
-                        for i, b in enumerate(config.phases.batch_size)})
+  batch_sizes.update(phases.batch_sizes)
   for key, size in batch_sizes.items():
     if size % jax.device_count():
       raise errors.ConfigError(
@@ -71,47 +59,18 @@ def _check_config(config) -> None:
           f"use a multiple of {jax.device_count()}")
 
 
-def _check_phases(config) -> None:
-  phases = config.phases
-  fields = ("steps", "seq_length", "batch_size", "window_scale", "learning_rate",
-            "warmup_steps")
-  counts = {key: len(phases[key]) for key in fields}
-  if len(set(counts.values())) != 1:
-    raise errors.ConfigError(
-        f"config.phases fields need one entry per phase; got {counts}")
-  if sum(phases.steps) != config.num_train_steps:
-    raise errors.ConfigError(
-        f"config.num_train_steps ({config.num_train_steps}) must equal the sum of "
-        f"config.phases.steps {tuple(phases.steps)} = {sum(phases.steps)}")
-  charlm.check_evaluation(config.evaluation)
-
-
-def _phase_schedule(phases):
-  """Per phase: linear warmup over its `warmup_steps`, then its constant learning rate."""
-  ends = np.cumsum(phases.steps)
-  starts = jnp.asarray(ends - np.asarray(phases.steps))
-  rates = jnp.asarray(phases.learning_rate, jnp.float32)
-  warmups = jnp.maximum(jnp.asarray(phases.warmup_steps, jnp.float32), 1.0)
-
-  def schedule(count):  # count: updates done before this one
-    phase = jnp.minimum(jnp.searchsorted(jnp.asarray(ends), count, side="right"),
-                        len(ends) - 1)
-    into = (count - starts[phase] + 1).astype(jnp.float32)
-    return rates[phase] * jnp.minimum(1.0, into / warmups[phase])
-
-  return schedule
-
-
-def make_optimizer(config):
-  """AdamW with LRA's schedules (or per-phase rates) and optional global-norm clipping.
+def make_optimizer(config, phases: lra_data.Phases):
+  """AdamW with LRA's schedules (or the task's per-phase rates) and optional global-norm
+  clipping.
 
   Returns (tx, schedule).
   """
   opt, num_train_steps = config.optimizer, config.num_train_steps
   if opt.schedule == "phases":
-    if "phases" not in config:
-      raise errors.ConfigError("optimizer.schedule=phases needs config.phases")
-    schedule = _phase_schedule(config.phases)
+    if phases.learning_rate is None:
+      raise errors.ConfigError(
+          f"optimizer.schedule=phases needs a task trained in phases; {config.task} is not")
+    schedule = phases.learning_rate
   else:
     schedule = _single_schedule(opt, num_train_steps)
   # Decay weight matrices only, not biases, LayerNorm scales or the CLS vector.
@@ -223,25 +182,55 @@ class _Checkpoints:
     except Exception as e:  # orbax raises many types for unreadable files
       raise errors.CheckpointError(
           f"the checkpoint {self.latest.directory / str(step)} cannot be restored "
-          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'}); "
-          f"move that folder out of the workdir to resume from an earlier checkpoint, or use "
-          f"a new --workdir") from None
+          f"({_first_line(e)}); move that folder out of the workdir to resume from an earlier "
+          f"checkpoint, or use a new --workdir") from e
     return restored.state, restored.progress
 
   def save_best(self, step: int, params) -> None:
     self.best.save(step, args=ocp.args.StandardSave(params), force=True)
 
-  def restore_best(self, params):
+  def restore_best(self, state):
+    """Returns (step, parameters) of the best validation checkpoint; (None, None) if none.
+
+    A damaged one is replaced by the training checkpoint of the same step (the same
+    parameters) where there is one, with a warning; else it is a `CheckpointError`.
+    """
     step = self.best.latest_step()
     if step is None:
       return None, None
-    return step, self.best.restore(step, args=ocp.args.StandardRestore(params))
+    path = self.best.directory / str(step)
+    try:
+      return step, self.best.restore(step, args=ocp.args.StandardRestore(state["params"]))
+    except Exception as e:  # orbax raises many types for unreadable files
+      damage = e
+    if step in self.latest.all_steps():
+      try:
+        restored = self.latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state)))
+      except Exception:  # the same damage there: the error below names the best one
+        logging.exception("the training checkpoint of step %d cannot be restored either", step)
+      else:
+        logging.warning(
+            "the best validation checkpoint %s cannot be restored (%s); testing the same "
+            "parameters from the training checkpoint %s instead", path, _first_line(damage),
+            self.latest.directory / str(step))
+        return step, restored.state["params"]
+    raise errors.CheckpointError(
+        f"the best validation checkpoint {path} cannot be restored ({_first_line(damage)}), "
+        f"and no training checkpoint holds step {step}; move that folder out of the workdir "
+        f"and relaunch to test the last step's parameters instead, or use a new --workdir"
+    ) from damage
 
   def close(self) -> None:
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
     self.latest.close()
     self.best.close()
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no details'}"
 
 
 def _peak_memory_gb() -> float:
@@ -252,18 +241,10 @@ def _peak_memory_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def _summarize(sums: dict[str, float]) -> dict[str, float]:
-  """Averages of summed metrics per example (or per token): loss, accuracy or bpc."""
+def _summarize(sums: dict[str, float], metrics: lra_data.Metrics) -> dict[str, float]:
+  """Averages of summed metrics per example (or per token), e.g. loss and accuracy."""
   count = max(float(sums["count"]), 1.0)
-  return {name: float(sums[key]) / count for key, name in _AVERAGES.items() if key in sums}
-
-
-def _selection_metric(summary: dict[str, float]) -> tuple[str, bool]:
-  """(name, higher is better) of the metric that picks the best checkpoint."""
-  for name, higher_is_better in _SELECTION:
-    if name in summary:
-      return name, higher_is_better
-  return "loss", False
+  return {name: float(sums[key]) / count for key, name in metrics.averages.items()}
 
 
 def _format_duration(seconds: float) -> str:
@@ -284,39 +265,28 @@ class Steps:
   num_params: int
 
 
-def phase_configs(config) -> list[ml_collections.ConfigDict]:
-  """One config per training phase (the config itself when it has no phases)."""
-  if "phases" not in config:
-    return [config]
-  configs = []
-  for scale in config.phases.window_scale:
-    phase = copy.deepcopy(config)
-    phase.model.window_scale = scale
-    configs.append(phase)
-  return configs
+def build_steps(config, data: lra_data.TaskData, mesh,
+                phases: lra_data.Phases | None = None) -> Steps:
+  """Initialises the model and optimizer and jits the steps, data parallel over `mesh`.
 
-
-def phase_of_step(config, step: int) -> int:
-  """The phase (index into `phase_configs`) of optimizer step `step` (1-based)."""
-  return charlm.phase_of(step, config.phases.steps) if "phases" in config else 0
-
-
-def build_steps(config, data: lra_data.TaskData, mesh) -> Steps:
-  """Initialises the model and optimizer and jits the steps, data parallel over `mesh`."""
+  `phases` are the task's (`lra.data.task(config).phases(config)` when None).
+  """
+  if phases is None:
+    phases = lra_data.task(config).phases(config)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
 
   # The phases' models differ only in static attention options, not in parameters.
   graphdefs = []
-  for phase_config in phase_configs(config):
+  for phase_config in phases.configs:
     model = models.build(phase_config, data, nnx.Rngs(params=init_key))
     graphdef, phase_params, rest = nnx.split(model, nnx.Param, ...)
     graphdefs.append((graphdef, rest))
     if len(graphdefs) == 1:
       params = phase_params
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-  tx, schedule = make_optimizer(config)
+  tx, schedule = make_optimizer(config, phases)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
   # Optimizer states can share one buffer between leaves (zeros made once): copy every
   # leaf so that the donated state holds each buffer once.
@@ -360,46 +330,11 @@ def _jit_steps(graphdef, rest, tx, dropout_key, replicated, batch_sharding):
   return train_step, eval_step
 
 
-class _Pipelines(NamedTuple):
-  """A task's data as the trainer consumes it."""
-
-  train: grain.DatasetIterator  # batches of steps 1, 2, ...; checkpointed with the state
-  evaluation: Callable  # (split name, phase) -> iterator of evaluation batches
-  baseline: dict[str, float | None]  # test score of a model that ignores its input
-
-
-def _classification_pipelines(config, data: lra_data.TaskData) -> _Pipelines:
-  targets = data.splits["test"].get("targets")
-  majority = (float(np.bincount(targets).max() / len(targets))
-              if targets is not None and len(targets) else None)
-  return _Pipelines(
-      input_pipeline.train_iterator(data.splits["train"], batch_size=config.batch_size,
-                                    seed=config.seed),
-      lambda split, phase: input_pipeline.eval_batches(data.splits[split],
-                                                       batch_size=config.eval_batch_size),
-      {"majority_class_rate": majority})
-
-
-def _charlm_pipelines(config, data: lra_data.TaskData) -> _Pipelines:
-  return _Pipelines(
-      charlm.train_iterator(data.splits["train"]["tokens"], config.phases, seed=config.seed),
-      lambda split, phase: charlm.eval_batches(data.splits[split]["tokens"], config.evaluation,
-                                               batch_size=config.eval_batch_size),
-      {"unigram_entropy_bits": charlm.unigram_entropy_bits(data.splits["test"]["tokens"])})
-
-
-# Training and evaluation data by model kind: classifiers read examples, language models a
-# character stream.
-_PIPELINES = {
-    "classifier": _classification_pipelines,
-    "dual_encoder": _classification_pipelines,
-    "causal_lm": _charlm_pipelines,
-}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible); returns the results dict."""
-  _check_config(config)
+  task = lra_data.task(config)
+  phases = task.phases(config)
+  _check_config(config, phases)
   run = _Workdir(workdir, config)
   data = lra_data.load(config)
   _write_json(run.file("vocab.json"), data.vocab)
@@ -408,33 +343,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   batch_sharding = NamedSharding(mesh, P("data"))
-  steps = build_steps(config, data, mesh)
-  state, schedule = steps.state, steps.schedule
-  pipelines = _PIPELINES[config.model.kind](config, data)
-  train_iterator = pipelines.train
+  steps = build_steps(config, data, mesh, phases)
+  pipelines = task.pipelines(config, data)
+  checkpoints = _Checkpoints(workdir)
+  try:
+    results = _train_and_test(config, run, task.metrics, phases, steps, pipelines,
+                              checkpoints, batch_sharding)
+  finally:  # waits for the checkpoints being written, whatever stopped the run
+    checkpoints.close()
+  _write_json(run.file("results.json"), results)
+  return results
+
+
+def _train_and_test(config, run: _Workdir, metrics: lra_data.Metrics, phases: lra_data.Phases,
+                    steps: Steps, pipelines: lra_data.Pipelines, checkpoints: _Checkpoints,
+                    batch_sharding) -> dict[str, Any]:
+  """The training loop from the last checkpoint on, then the test of the best parameters."""
+  state, train_iterator = steps.state, pipelines.train
 
   def evaluate(params, split: str, phase: int) -> dict[str, float]:
     total = None
     for batch in pipelines.evaluation(split, phase):
       sums = steps.eval_steps[phase](params, jax.device_put(batch, batch_sharding))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    return _summarize(jax.device_get(total))
+    return _summarize(jax.device_get(total), metrics)
 
-  checkpoints = _Checkpoints(workdir)
   progress = {"best_step": None, "best_value": None}  # of the selection metric
   restored = checkpoints.restore_latest(state, train_iterator)
   if restored is not None:
     state, progress = restored
-    print(f"Resumed from the checkpoint at step {int(state['step'])}.", flush=True)
+    logging.info("Resumed from the checkpoint at step %d.", int(state["step"]))
   start_step = int(state["step"])
   run.truncate_metrics(start_step)
 
-  print(f"Training {config.task} ({config.attention.name} attention, {steps.num_params:,} "
-        f"parameters) for {config.num_train_steps} steps on {jax.device_count()} "
-        f"{jax.devices()[0].platform.upper()} device(s); workdir {workdir}", flush=True)
+  logging.info("Training %s (%s attention, %s parameters) for %d steps on %d %s device(s); "
+               "workdir %s", config.task, config.attention.name, f"{steps.num_params:,}",
+               config.num_train_steps, jax.device_count(), jax.devices()[0].platform.upper(),
+               run.path)
+  scores = [name for name in metrics.averages.values() if name != "loss"]
   sums, window_start, timed_steps, timed_seconds = None, time.time(), 0, 0.0
   for step in range(start_step + 1, config.num_train_steps + 1):
-    phase = phase_of_step(config, step)
+    phase = phases.of_step(step)
     batch = jax.device_put(next(train_iterator), batch_sharding)
     state, step_sums = steps.train_steps[phase](state, batch)
     sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
@@ -442,9 +391,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     if step % config.log_every_steps == 0 or last:
       host = jax.device_get(sums)
-      train = _summarize(host)
+      train = _summarize(host, metrics)
       if not math.isfinite(train["loss"]):
-        checkpoints.close()
         raise errors.UserError(
             f"training diverged: the loss is {train['loss']} between steps "
             f"{step - int(host['steps']) + 1} and {step}. Nothing was saved after the last "
@@ -458,53 +406,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       rate = int(host["steps"]) / max(elapsed, 1e-9)
       record = {"step": step, **{f"train_{k}": v for k, v in train.items()},
                 "grad_norm": float(host["grad_norm"]) / int(host["steps"]),
-                "learning_rate": float(schedule(step - 1)), "steps_per_sec": rate}
+                "learning_rate": float(steps.schedule(step - 1)), "steps_per_sec": rate}
       run.log(record)
       eta = (config.num_train_steps - step) / max(rate, 1e-9)
-      scores = "".join(f" | {k} {train[k]:.3f}" for k in ("accuracy", "bpc") if k in train)
-      print(f"step {step}/{config.num_train_steps} | loss {train['loss']:.4f}{scores} | "
-            f"{rate:.2f} steps/s | ETA {_format_duration(eta)}", flush=True)
+      logging.info("step %d/%d | loss %.4f%s | %.2f steps/s | ETA %s", step,
+                   config.num_train_steps, train["loss"],
+                   "".join(f" | {k} {train[k]:.3f}" for k in scores), rate,
+                   _format_duration(eta))
       sums, window_start = None, time.time()
 
     if step % config.eval_every_steps == 0 or last:
       val = evaluate(state["params"], "val", phase)
       run.log({"step": step, **{f"val_{k}": v for k, v in val.items()}})
-      metric, higher_is_better = _selection_metric(val)
-      best = progress["best_value"]
-      if best is None or (val[metric] > best if higher_is_better else val[metric] < best):
-        progress = {"best_step": step, "best_value": val[metric]}
+      best, value = progress["best_value"], val[metrics.selection]
+      if best is None or (value > best if metrics.higher_is_better else value < best):
+        progress = {"best_step": step, "best_value": value}
         checkpoints.save_best(step, state["params"])
-      print(f"  validation at step {step}: " +
-            ", ".join(f"{k} {v:.4f}" for k, v in val.items()) +
-            f" (best {metric} {progress['best_value']:.4f} at step "
-            f"{progress['best_step']})", flush=True)
+      logging.info("  validation at step %d: %s (best %s %.4f at step %d)", step,
+                   ", ".join(f"{k} {v:.4f}" for k, v in val.items()), metrics.selection,
+                   progress["best_value"], progress["best_step"])
       window_start = time.time()
 
     if step % config.checkpoint_every_steps == 0 or last:
       checkpoints.save(step, state, train_iterator, progress)
 
-  best_step, best_params = checkpoints.restore_best(state["params"])
+  tested_step, best_params = checkpoints.restore_best(state)
   if best_params is None:
-    best_step, best_params = int(state["step"]), state["params"]
-  # Tested with the model graph (windows) of the phase the best parameters come from.
-  test = evaluate(best_params, "test", phase_of_step(config, best_step))
-  checkpoints.close()
-  metric, _ = _selection_metric(test)
-  results = {
+    tested_step, best_params = int(state["step"]), state["params"]
+    logging.warning("best/ holds no checkpoint: testing the parameters of the last step, %d",
+                    tested_step)
+  # Tested with the model graph (windows) of the phase the parameters come from.
+  test = evaluate(best_params, "test", phases.of_step(tested_step))
+  return {
       "task": config.task,
       "attention": config.attention.name,
       **{f"test_{k}": v for k, v in test.items()},
-      "best_val_step": best_step,
-      f"best_val_{metric}": progress["best_value"],
-      **pipelines.baseline,
+      "tested_step": tested_step,
+      "best_val_step": progress["best_step"],
+      f"best_val_{metrics.selection}": progress["best_value"],
+      metrics.baseline: pipelines.baseline,
       "num_train_steps": config.num_train_steps,
       "steps_per_sec": timed_steps / timed_seconds if timed_seconds else None,
       "peak_memory_gb": _peak_memory_gb(),
       "num_params": steps.num_params,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
   }
-  _write_json(run.file("results.json"), results)
-  plotting.training_curves(run.metrics_path, run.file("curves.png"),
-                           title=f"{config.task} / {config.attention.name}")
-  return results
-

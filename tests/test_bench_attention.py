@@ -16,32 +16,57 @@ def run_bench(*args):
   return entry_points.run_module("bench_attention", *args, timeout=300)
 
 
-@pytest.mark.parametrize("length,window,dilations,global_positions", [
-    (64, 8, (1,), ()),
-    (10, 4, (1,), ()),  # a window wider than half the sequence
-    (37, 3, (1, 2, 3), ()),
-    (40, 5, (1, 2), (0,)),
-    (33, 4, (2,), (0, 16, 17)),
+@pytest.mark.parametrize("length,window,dilations,global_positions,causal", [
+    (64, 8, (1,), (), False),
+    (10, 4, (1,), (), False),  # a window wider than half the sequence
+    (37, 3, (1, 2, 3), (), False),
+    (40, 5, (1, 2), (0,), False),
+    (33, 4, (2,), (0, 16, 17), False),
+    (29, 3, (1, 3), (), True),
+    (17, None, (1,), (), False),
+    (17, None, (1, 1), (), True),
 ])
-def test_pattern_pairs_counts_the_oracle_pattern(length, window, dilations, global_positions):
+def test_pattern_pairs_counts_the_oracle_pattern(length, window, dilations, global_positions,
+                                                 causal):
   global_mask = None
   if global_positions:
     global_mask = np.zeros((1, length), bool)
     global_mask[0, list(global_positions)] = True
-  mask = attention.pattern_mask(length, window=window, dilation=dilations,
+  mask = attention.pattern_mask(length, window=window, dilation=dilations, causal=causal,
                                 num_heads=len(dilations), global_mask=global_mask)
-  assert bench_attention.pattern_pairs(length, window, dilations,
-                                       global_positions) == int(np.sum(mask))
+  assert bench_attention.pattern_pairs(length, window, dilations, global_positions,
+                                       causal=causal) == int(np.sum(mask))
+
+
+@pytest.mark.parametrize("dilations", [(), (1, 3, 3, 3)])
+def test_every_registry_variant_is_a_row_counted_by_its_pattern(dilations):
+  setup = bench_attention.Setup(window=3, heads=4, head_dim=8, batch=1, dtype="float32",
+                                dilations=dilations)
+  assert bench_attention.row_names() == [*attention.variants(),
+                                         bench_attention.BANDED_BASELINE]
+  length = 23
+  for name, (mechanism, preset) in attention.variants().items():
+    config = attention.variant_config(name, num_heads=4, window=3, max_global=1)
+    if preset and dilations:
+      config["dilation"] = dilations
+    global_mask = np.zeros((1, length), bool)
+    global_mask[0, 0] = True
+    pattern = attention.build(config, 4).pattern(length, global_mask=global_mask)
+    row = bench_attention.measured(name, setup)
+    assert row.count_pairs(length) == int(np.sum(pattern)), name
+    assert row.inputs == (6 if mechanism.uses_global else 3)
+    assert row.quadratic == mechanism.quadratic
 
 
 def test_tiny_run_writes_every_output(tmp_path):
   out = tmp_path / "bench"
   completed = run_bench(
       "--lengths=64,128", "--window=8", "--heads=2", "--head_dim=8", "--repeats=1",
-      "--mechanisms=local,longformer,full", "--full_max_length=64", "--matmul_size=64",
+      "--mechanisms=local,longformer,full,jax_nn_banded", "--full_max_length=64",
+      "--matmul_size=64",
       f"--out={out}")
   assert completed.returncode == 0, completed.stderr
-  assert "[1/6] local length 64" in completed.stdout
+  assert "[1/8] local length 64" in completed.stdout
   assert "| mechanism | length |" in completed.stdout
 
   with open(out / "bench.csv") as f:
@@ -49,14 +74,17 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert tuple(reader.fieldnames) == bench_attention.CSV_COLUMNS
     rows = list(reader)
   assert [(r["mechanism"], int(r["length"])) for r in rows] == [
-      ("local", 64), ("longformer", 64), ("full", 64),
-      ("local", 128), ("longformer", 128), ("full", 128)]
-  for row in rows[:5]:
+      ("local", 64), ("longformer", 64), ("full", 64), ("jax_nn_banded", 64),
+      ("local", 128), ("longformer", 128), ("full", 128), ("jax_nn_banded", 128)]
+  for row in rows[:6]:
     assert row["status"] == "ok", row
     for key in ("median_s", "useful_gflops", "pct_of_matmul", "setup_rss_gb", "peak_rss_gb"):
       assert float(row[key]) > 0, (key, row)
     assert float(row["peak_rss_gb"]) >= float(row["setup_rss_gb"])
-  assert rows[5]["status"].startswith("skipped: length > --full_max_length")
+  for row in rows[6:]:  # both quadratic
+    assert row["status"].startswith("skipped: length > --full_max_length"), row
+  assert "time(local, 128) / time(local, 64)" in completed.stdout
+  assert "time(jax_nn_banded, 64) / time(local, 64)" in completed.stdout
 
   markdown = (out / "bench.md").read_text()
   assert "Machine:" in markdown and "GFLOP/s" in markdown

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from lra import config_utils
+from lra import data as lra_data
 from lra import errors
 from lra import train
 from lra.data import charlm
@@ -45,8 +46,9 @@ def test_staged_schedule_windows_lengths_batches_and_learning_rates(tmp_path):
     config.phases.update(steps=(5, 4), warmup_steps=(3, 2))
     config.num_train_steps = 9
   phases = config.phases
+  task_phases = lra_data.task(config).phases(config)
   # Windows per layer, per phase: the base windows times the phase's scale.
-  for phase_config, scale in zip(train.phase_configs(config), phases.window_scale):
+  for phase_config, scale in zip(task_phases.configs, phases.window_scale):
     model = CausalLM(phase_config, vocab_size=256, num_classes=0, rngs=nnx.Rngs(0))
     windows = [dict(block.attention.core.options)["window"] for block in model.encoder.blocks]
     assert windows == [w * scale for w in config.model.windows]
@@ -54,12 +56,12 @@ def test_staged_schedule_windows_lengths_batches_and_learning_rates(tmp_path):
   data = charlm.load(config)
   iterator = charlm.train_iterator(data.splits["train"]["tokens"], phases, seed=0)
   for step in range(1, config.num_train_steps + 1):
-    phase = train.phase_of_step(config, step)
+    phase = task_phases.of_step(step)
     assert phase == (0 if step <= 5 else 1)
     batch = next(iterator)
     assert batch["inputs"].shape == (phases.batch_size[phase], phases.seq_length[phase])
   # Learning rate: each phase's own, after its warmup.
-  _, schedule = train.make_optimizer(config)
+  _, schedule = train.make_optimizer(config, task_phases)
   rates = [float(schedule(count)) for count in range(config.num_train_steps)]
   np.testing.assert_allclose(rates, [_expected_learning_rate(phases, c) for c in range(9)],
                              rtol=1e-6)

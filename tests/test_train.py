@@ -39,7 +39,7 @@ def test_two_steps_write_every_output(tmp_path):
                        checkpoint_every_steps=1, log_every_steps=1)
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   run = tmp_path / "run"
-  for name in ("config.json", "vocab.json", "metrics.jsonl", "results.json", "curves.png"):
+  for name in ("config.json", "vocab.json", "metrics.jsonl", "results.json"):
     assert (run / name).exists(), name
   assert sorted(os.listdir(run / "checkpoints")) == ["1", "2"]
   assert os.listdir(run / "best")
@@ -61,6 +61,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
   reference = launch(cli_args(tmp_path / "reference", cache, *extra), tmp_path / "ref.log")
   status, out = finish(reference, tmp_path / "ref.log")
   assert status == 0, out
+  assert (tmp_path / "reference" / "curves.png").exists()
 
   killed = launch(cli_args(tmp_path / "killed", cache, *extra), tmp_path / "killed.log")
   checkpoints = tmp_path / "killed" / "checkpoints"
@@ -147,3 +148,49 @@ def test_corrupted_checkpoint_is_named_and_kept(tmp_path):
   assert status == 2 and "Traceback" not in err, err
   assert "checkpoints/2" in err and "cannot be restored" in err, err
   assert state_dir.exists()  # nothing already written is lost
+
+
+def _frozen_run(tmp_path, num_train_steps):
+  """A finished run whose parameters never change (learning rate 0), so that its best
+  validation checkpoint is step 1's; checkpoints every step (the last two are kept).
+  Returns the command-line arguments that relaunch it."""
+  fields = dict(num_train_steps=num_train_steps, eval_every_steps=1, checkpoint_every_steps=1,
+                log_every_steps=1)
+  config = tiny_config(tmp_path / "cache", **fields)
+  with config.unlocked():
+    config.optimizer.learning_rate = 0.0
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["best_val_step"] == 1
+  for root, _, files in os.walk(tmp_path / "run" / "best" / "1"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"not a checkpoint")
+  return results, cli_args(tmp_path / "run", tmp_path / "cache",
+                           "--config.optimizer.learning_rate=0.0",
+                           *(f"--config.{key}={value}" for key, value in fields.items()))
+
+
+def test_damaged_best_checkpoint_falls_back_to_the_training_checkpoint_of_its_step(tmp_path):
+  results, args = _frozen_run(tmp_path, num_train_steps=2)  # checkpoints/1 and /2 kept
+  process = launch(args, tmp_path / "log")
+  status, out = finish(process, tmp_path / "log", timeout=120)
+  assert status == 0 and "Traceback" not in out, out
+  warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
+  assert len(warnings) == 1, out
+  assert "best/1 cannot be restored" in warnings[0], out
+  assert "from the training checkpoint" in warnings[0] and "checkpoints/1" in warnings[0]
+  relaunched = json.load(open(tmp_path / "run" / "results.json"))
+  assert relaunched["test_accuracy"] == results["test_accuracy"]
+  assert relaunched["tested_step"] == 1
+
+
+def test_damaged_best_checkpoint_without_a_copy_is_named_and_kept(tmp_path):
+  _, args = _frozen_run(tmp_path, num_train_steps=3)  # checkpoints/2 and /3 kept, not 1
+  process = launch(args, tmp_path / "log")
+  status, err = finish(process, tmp_path / "log", timeout=120)
+  assert status == 2 and "Traceback" not in err, err
+  [line] = [line for line in err.splitlines() if line.startswith("error: ")]
+  assert "best/1 cannot be restored" in line and "move that folder out" in line, err
+  assert "the full error is in" in line and "train.log" in line, err
+  assert (tmp_path / "run" / "best" / "1").exists()  # nothing already written is lost
+  assert "Traceback" in (tmp_path / "run" / "train.log").read_text()  # the cause is kept

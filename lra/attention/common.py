@@ -41,6 +41,28 @@ def causal_global_error() -> errors.ConfigError:
       "the future); drop global_mask or use causal=False")
 
 
+# `implementation=` of the windowed mechanisms; None picks one for the backend.
+IMPLEMENTATIONS = ("xla", "pallas")
+
+
+def resolve_implementation(implementation: str | None, *, dropout_rate: float) -> str:
+  """The implementation a windowed call runs: the one asked for, or for None the Pallas
+  kernels on GPU and TPU (XLA on CPU, where Pallas only interprets, and under attention
+  dropout, which the kernels do not implement)."""
+  if implementation is None:
+    accelerated = jax.default_backend() in ("gpu", "tpu")
+    return "pallas" if accelerated and not dropout_rate else "xla"
+  if implementation not in IMPLEMENTATIONS:
+    raise errors.ConfigError(
+        f"unknown implementation {implementation!r}; choose one of: "
+        f"{', '.join(IMPLEMENTATIONS)}, or None for the best on this backend")
+  if implementation == "pallas" and dropout_rate:
+    raise errors.ConfigError(
+        "implementation='pallas' has no attention dropout; set the attention dropout rate "
+        "to 0, or use implementation='xla' (None picks it when dropout is on)")
+  return implementation
+
+
 def check_dropout(rate: float, rng) -> None:
   if not 0.0 <= rate < 1.0:
     raise errors.ConfigError(f"dropout_rate must be in [0, 1), got {rate}")

@@ -1,7 +1,9 @@
-"""`SelfAttention`: projections -> a mechanism chosen by name -> output projection (NNX)."""
+"""`SelfAttention`: projections -> a mechanism chosen by name -> output projection (NNX);
+and `flax_attention_fn`, every mechanism without global tokens for flax's own modules."""
 
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -96,3 +98,92 @@ class SelfAttention(nnx.Module):
                             global_qkv=global_qkv, dropout_rate=dropout_rate,
                             dropout_rng=dropout_rng)
     return self.out(out_BxLxHxD)
+
+
+def _real_tokens(mask, batch_shape: tuple[int, ...], length: int):
+  """bool `[prod(batch_shape), length]` from flax's dense `[batch..., heads|1, L, L]` mask:
+  its diagonal (a real query sees itself under `nnx.make_attention_mask(real, real)`).
+
+  A concrete mask must be exactly that padding mask (or the causal one of it, for a causal
+  config): the attention config, not the mask, draws the pattern.
+  """
+  mask = jnp.broadcast_to(mask, (*batch_shape, *mask.shape[-3:]))
+  real = jnp.diagonal(mask, axis1=-2, axis2=-1)[..., 0, :].astype(bool)
+  try:
+    concrete, real_np = np.asarray(mask).astype(bool), np.asarray(real)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return real.reshape(-1, length)  # under jit: documented, not checked
+  padding_only = real_np[..., None, None, :] & real_np[..., None, :, None]
+  causal = padding_only & np.tril(np.ones((length, length), bool))
+  if not (np.array_equal(concrete, np.broadcast_to(padding_only, concrete.shape))
+          or np.array_equal(concrete, np.broadcast_to(causal, concrete.shape))):
+    raise errors.ConfigError(
+        "flax_attention_fn takes only a padding mask (nnx.make_attention_mask(real, real), "
+        "or its causal combination): the attention config draws the pattern; pass "
+        "mask=None or the padding mask")
+  return real.reshape(-1, length)
+
+
+def flax_attention_fn(config: Mapping[str, Any], *, num_heads: int):
+  """An `attention_fn` for flax's `nnx.MultiHeadAttention` that runs a registry mechanism.
+
+      layer = nnx.MultiHeadAttention(
+          num_heads=8, in_features=512, decode=False, broadcast_dropout=False,
+          attention_fn=flax_attention_fn({"name": "local", "window": 128}, num_heads=8),
+          rngs=nnx.Rngs(0))
+      y = layer(x, mask=nnx.make_attention_mask(real, real))  # real: bool [batch, length]
+
+  The config (`name` and options, as for `SelfAttention`) draws the pattern; `mask`
+  carries only padding. flax's mask is dense (`[batch..., heads | 1, L, L]`): which tokens
+  are real is read from its diagonal, and a concrete mask that is anything but a padding
+  mask (alone, or with `nnx.make_causal_mask` for a causal config) is an error; under
+  `jax.jit` that check cannot run, so pass the padding mask only. Padded queries get
+  exactly 0 (flax's dense attention averages every value there instead). `is_causal=True`
+  needs a causal config; dropout (`dropout_rate` of the module) drops each weight
+  independently, so the module must have `broadcast_dropout=False`. `precision` is not
+  used (logits and softmax are float32), and `sow_weights` has nothing to sow: the
+  `[L, L]` weights are never built.
+
+  Mechanisms with global tokens (Longformer) cannot go through this hook: it sees only
+  the projected q/k/v, with no global mask and no separate global projections. Use
+  `SelfAttention`, whose module owns them.
+  """
+  core = attention_lib.build(config, num_heads)
+  if core.uses_global:
+    raise errors.ConfigError(
+        f"attention {core.name!r} has global tokens, which flax's attention_fn hook cannot "
+        f"carry (it sees only projected q/k/v: no global mask, no separate global "
+        f"projections); use lra.attention.layers.SelfAttention")
+  options = dict(core.options)
+
+  def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout=True,
+                   dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
+                   precision=None, module=None, is_causal=False):
+    """`[batch..., L, heads, head_dim]` q/k/v -> the same shape (flax's contract)."""
+    del precision  # logits and softmax are float32 whatever the precision
+    if bias is not None:
+      raise errors.ConfigError("flax_attention_fn takes no attention bias")
+    if module is not None:
+      raise errors.ConfigError("flax_attention_fn has no weights to sow: the [L, L] "
+                               "attention weights are never built; drop sow_weights")
+    if key.shape != query.shape or value.shape[:-1] != query.shape[:-1]:
+      raise errors.ConfigError(
+          f"flax_attention_fn is self-attention with {num_heads} heads: q, k, v must share "
+          f"[batch..., length, heads], got {query.shape}, {key.shape}, {value.shape}")
+    if is_causal and not options.get("causal"):
+      raise errors.ConfigError(f"is_causal=True needs a causal attention config, got "
+                               f"{dict(config)}")
+    dropout = 0.0 if deterministic else dropout_rate
+    if dropout and broadcast_dropout:
+      raise errors.ConfigError(
+          "flax_attention_fn drops each attention weight independently: build the module "
+          "with broadcast_dropout=False")
+    batch_shape, (length, heads, _) = query.shape[:-3], query.shape[-3:]
+    if dtype is not None:
+      query, key, value = (x.astype(dtype) for x in (query, key, value))
+    padding_mask = None if mask is None else _real_tokens(mask, batch_shape, length)
+    out = core(*(x.reshape(-1, *x.shape[-3:]) for x in (query, key, value)),
+               padding_mask=padding_mask, dropout_rate=dropout, dropout_rng=dropout_rng)
+    return out.reshape(*batch_shape, length, heads, out.shape[-1])
+
+  return attention_fn

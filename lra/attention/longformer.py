@@ -108,7 +108,8 @@ def merge_softmaxes(out_a, lse_a, out_b, lse_b):
 def longformer_attention(q, k, v, *, window: int, global_mask, dilation=1, global_q=None,
                          global_k=None, global_v=None, padding_mask=None,
                          dropout_rate: float = 0., dropout_rng=None,
-                         block_size: int | None = None, max_global: int | None = None):
+                         block_size: int | None = None, max_global: int | None = None,
+                         implementation: str | None = None):
   """Sliding-window attention plus symmetric global attention (Longformer, section 3.1).
 
   Args:
@@ -124,6 +125,8 @@ def longformer_attention(q, k, v, *, window: int, global_mask, dilation=1, globa
     max_global: static number of global slots per row. Optional when `global_mask` is a
       concrete array (then its largest row count), even under `jax.jit`; required when
       `global_mask` is traced (an argument of a jitted function).
+    implementation: of the window part, as in `sliding_window_attention`; the global
+      pieces are small dense XLA computations either way.
 
   Returns:
     `[batch, length, heads, head_dim]` in the dtype of q.
@@ -152,7 +155,7 @@ def longformer_attention(q, k, v, *, window: int, global_mask, dilation=1, globa
   out, lse = sliding.local_attention_with_lse(
       q, k, v, window=window, dilation=dilation, causal=False, query_mask=real,
       key_mask=real & jnp.logical_not(is_global), dropout_rate=dropout_rate,
-      dropout_rng=rngs[0], block_size=block_size)
+      dropout_rng=rngs[0], block_size=block_size, implementation=implementation)
   if budget == 0:
     return out
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from lra import errors
 from lra.attention import common
+from lra.attention import kernels
 
 @dataclasses.dataclass(frozen=True)
 class BandPlan:
@@ -314,11 +315,14 @@ def check_qkv(q, k, v) -> None:
 
 def local_attention_with_lse(q, k, v, *, window: int, dilation: int | Sequence[int],
                              causal: bool, query_mask, key_mask, dropout_rate: float,
-                             dropout_rng, block_size: int | None):
+                             dropout_rng, block_size: int | None,
+                             implementation: str | None = None):
   """Sliding-window attention that also returns each row's log-sum-exp.
 
   Heads are grouped by dilation; each group folds its residue classes into the batch and
-  makes one banded call. Masks are bool `[B, L]`.
+  makes one banded call: the XLA core of this module or the Pallas kernels of
+  `lra.attention.kernels` (`implementation`, see `common.resolve_implementation`). Masks
+  are bool `[B, L]`.
 
   Returns:
     `(out [B, L, H, D], lse [B, L, H])`.
@@ -326,6 +330,7 @@ def local_attention_with_lse(q, k, v, *, window: int, dilation: int | Sequence[i
   check_qkv(q, k, v)
   common.check_window(window)
   common.check_dropout(dropout_rate, dropout_rng)
+  implementation = common.resolve_implementation(implementation, dropout_rate=dropout_rate)
   batch, length, num_heads, _ = q.shape
   dilations = common.dilation_per_head(dilation, num_heads)
   groups = {}
@@ -340,11 +345,15 @@ def local_attention_with_lse(q, k, v, *, window: int, dilation: int | Sequence[i
     masks = [_to_residues(_pad_axis1(m, padded, False), d) for m in (query_mask, key_mask)]
     sub_length = xs[0].shape[1]
     plan = plan_band(sub_length, window, causal, block_size, dropout_rate)
-    xs = [_pad_axis1(x, plan.length) for x in xs]
-    masks = [_pad_axis1(m, plan.length, False) for m in masks]
-    rng = None if dropout_rate == 0 else jax.random.fold_in(dropout_rng, group_index)
-    out, lse = banded_attention(plan, *xs, *masks, rng)
-    out, lse = out[:, :sub_length], lse[:, :sub_length]
+    if implementation == "pallas":
+      out, lse = kernels.band_attention(*xs, *masks, window=window, causal=causal,
+                                        block=plan.block)
+    else:
+      xs = [_pad_axis1(x, plan.length) for x in xs]
+      masks = [_pad_axis1(m, plan.length, False) for m in masks]
+      rng = None if dropout_rate == 0 else jax.random.fold_in(dropout_rng, group_index)
+      out, lse = banded_attention(plan, *xs, *masks, rng)
+      out, lse = out[:, :sub_length], lse[:, :sub_length]
     outs.append(_from_residues(out, d)[:, :length])
     lses.append(_from_residues(lse, d)[:, :length])
     order.extend(heads)
@@ -358,7 +367,8 @@ def local_attention_with_lse(q, k, v, *, window: int, dilation: int | Sequence[i
 
 def sliding_window_attention(q, k, v, *, window: int, dilation: int | Sequence[int] = 1,
                              causal: bool = False, padding_mask=None, dropout_rate: float = 0.,
-                             dropout_rng=None, block_size: int | None = None):
+                             dropout_rng=None, block_size: int | None = None,
+                             implementation: str | None = None):
   """Sliding-window attention, exact and linear in length.
 
   For head h with dilation d, query i sees key j iff `(j - i) % d == 0` and
@@ -374,6 +384,9 @@ def sliding_window_attention(q, k, v, *, window: int, dilation: int | Sequence[i
     dropout_rate: attention dropout rate.
     dropout_rng: PRNG key, required when `dropout_rate > 0`.
     block_size: positions per block; None picks one from the window.
+    implementation: "xla" (the blocked XLA core), "pallas" (fused kernels: Triton on GPU,
+      Mosaic on TPU, interpret mode on CPU; no dropout), or None: "pallas" on GPU and TPU
+      unless dropout is on, else "xla".
 
   Returns:
     `[batch, length, heads, head_dim]` in the dtype of q.
@@ -382,5 +395,5 @@ def sliding_window_attention(q, k, v, *, window: int, dilation: int | Sequence[i
   out, _ = local_attention_with_lse(
       q, k, v, window=window, dilation=dilation, causal=causal, query_mask=real,
       key_mask=real, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-      block_size=block_size)
+      block_size=block_size, implementation=implementation)
   return out

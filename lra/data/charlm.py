@@ -18,15 +18,23 @@ Batches (all int32 `[batch, length]` plus float32 `weights`):
     first scores every prediction and the others only their last `scored_length` ones, so
     each character is scored at most once (exactly once when `scored_length == step`) and
     with at least `length - scored_length` characters of context after the first window.
+
+Training is staged (`config.phases`, `TASK.phases`): each phase has its own sequence length,
+batch size, window scale and learning rate (after its own warmup). The parameters are
+shared; each phase has its own model graph (its windows), and step `i`'s phase follows from
+`i` alone, so resuming across a phase boundary is exact too.
 """
 
+import copy
 import os
 from typing import Iterator, Sequence
 
 import grain
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from lra import data as lra_data
 from lra import errors
 from lra.data import TaskData
 
@@ -160,3 +168,65 @@ def check_evaluation(evaluation) -> None:
         f"evaluation.scored_length must be in [1, evaluation.step={evaluation.step}] (a larger "
         f"one would score characters twice), got {evaluation.scored_length}")
 
+
+
+def phases(config) -> lra_data.Phases:
+  """The phases of `config.phases`, checked against the rest of the config."""
+  phase_fields = config.phases
+  fields = ("steps", "seq_length", "batch_size", "window_scale", "learning_rate",
+            "warmup_steps")
+  counts = {key: len(phase_fields[key]) for key in fields}
+  if len(set(counts.values())) != 1:
+    raise errors.ConfigError(
+        f"config.phases fields need one entry per phase; got {counts}")
+  if sum(phase_fields.steps) != config.num_train_steps:
+    raise errors.ConfigError(
+        f"config.num_train_steps ({config.num_train_steps}) must equal the sum of "
+        f"config.phases.steps {tuple(phase_fields.steps)} = {sum(phase_fields.steps)}")
+  check_evaluation(config.evaluation)
+  configs = []
+  for scale in phase_fields.window_scale:
+    phase_config = copy.deepcopy(config)
+    phase_config.model.window_scale = scale
+    configs.append(phase_config)
+  return lra_data.Phases(
+      configs=tuple(configs), ends=tuple(np.cumsum(phase_fields.steps).tolist()),
+      batch_sizes={f"phases.batch_size[{i}]": b
+                   for i, b in enumerate(phase_fields.batch_size)},
+      learning_rate=_phase_schedule(phase_fields))
+
+
+def _phase_schedule(phase_fields):
+  """Per phase: linear warmup over its `warmup_steps`, then its constant learning rate."""
+  ends = np.cumsum(phase_fields.steps)
+  starts = jnp.asarray(ends - np.asarray(phase_fields.steps))
+  rates = jnp.asarray(phase_fields.learning_rate, jnp.float32)
+  warmups = jnp.maximum(jnp.asarray(phase_fields.warmup_steps, jnp.float32), 1.0)
+
+  def schedule(count):  # count: updates done before this one
+    phase = jnp.minimum(jnp.searchsorted(jnp.asarray(ends), count, side="right"),
+                        len(ends) - 1)
+    into = (count - starts[phase] + 1).astype(jnp.float32)
+    return rates[phase] * jnp.minimum(1.0, into / warmups[phase])
+
+  return schedule
+
+
+def pipelines(config, data: TaskData) -> lra_data.Pipelines:
+  """Random crops of each step's phase for training; scored windows for evaluation."""
+  return lra_data.Pipelines(
+      train=train_iterator(data.splits["train"]["tokens"], config.phases, seed=config.seed),
+      evaluation=lambda split, phase: eval_batches(data.splits[split]["tokens"],
+                                                   config.evaluation,
+                                                   batch_size=config.eval_batch_size),
+      baseline=unigram_entropy_bits(data.splits["test"]["tokens"]))
+
+
+# Bits per character pick the best checkpoint; the test split's unigram entropy is the
+# baseline.
+TASK = lra_data.Task(
+    phases=phases,
+    pipelines=pipelines,
+    metrics=lra_data.Metrics(averages={"loss": "loss", "bits": "bpc"}, selection="bpc",
+                             higher_is_better=False, baseline="unigram_entropy_bits",
+                             baseline_label="unigram entropy"))

@@ -1,4 +1,5 @@
-"""Helpers shared by the task loaders: vocabularies, padding, splits, errors, atomic writes.
+"""Helpers shared by the task loaders: vocabularies, padding, splits, errors, atomic writes,
+and `CLASSIFICATION`, the `TASK` of every classification task.
 
 Byte and pixel tasks share one token layout: a value `v` in 0..255 (a byte of UTF-8 text or
 a grey level) is token `v + 1`, so `PAD_ID = 0` never collides with a real value (the
@@ -15,6 +16,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from lra import errors
+from lra import input_pipeline
+from lra import data as lra_data
 from lra.data import PAD_ID
 
 # 257 ids fit in 16 bits; half the memory of int32 matters for Path-X (160k x 16384 tokens in
@@ -169,3 +172,26 @@ def atomic_directory(path: str) -> Iterator[str]:
         raise
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _classification_pipelines(config, data: lra_data.TaskData) -> lra_data.Pipelines:
+  """Shuffled, length-grouped training batches of examples; evaluation in order."""
+  targets = data.splits["test"].get("targets")
+  majority = (float(np.bincount(targets).max() / len(targets))
+              if targets is not None and len(targets) else None)
+  return lra_data.Pipelines(
+      train=input_pipeline.train_iterator(data.splits["train"], batch_size=config.batch_size,
+                                          seed=config.seed),
+      evaluation=lambda split, phase: input_pipeline.eval_batches(
+          data.splits[split], batch_size=config.eval_batch_size),
+      baseline=majority)
+
+
+# Classification (ListOps, Text, Retrieval, Image, Pathfinder): one phase, accuracy picks the
+# best checkpoint, and the majority class's share of the test split is the baseline.
+CLASSIFICATION = lra_data.Task(
+    phases=lra_data.single_phase,
+    pipelines=_classification_pipelines,
+    metrics=lra_data.Metrics(averages={"loss": "loss", "correct": "accuracy"},
+                             selection="accuracy", higher_is_better=True,
+                             baseline="majority_class_rate", baseline_label="majority class"))

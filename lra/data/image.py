@@ -40,6 +40,8 @@ _EXPECTED = ("the cifar-10-batches-py folder holding the pickles data_batch_1 ..
 _SOURCE = ("Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, unpack it "
            "and set config.data_path to its cifar-10-batches-py folder.")
 
+TASK = common.CLASSIFICATION
+
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:
   """Returns uint8 `[N, 1024]` grey levels of uint8 `[N, 3072]` CIFAR rows (R, G, B planes)."""

@@ -46,6 +46,8 @@ _SOURCE = ("ListOps is published in the LRA release "
            "listops-1000/), or generate it with `python -m experiments.generate_data listops "
            "--out=DIR`; set config.data_path to the folder holding basic_{train,val,test}.tsv.")
 
+TASK = common.CLASSIFICATION
+
 
 @dataclasses.dataclass(frozen=True)
 class Spec:

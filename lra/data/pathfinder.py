@@ -71,6 +71,8 @@ _SOURCE = ("Pathfinder is published in the LRA release "
            "Path-X), or generate one with `python -m experiments.generate_data pathfinder "
            "--out=DIR` and set config.data_path to DIR.")
 
+TASK = common.CLASSIFICATION
+
 
 def _difficulty_folder(difficulty: str) -> str:
   if difficulty not in _DIFFICULTY_FOLDERS:

@@ -32,6 +32,8 @@ _SOURCE = ("AAN is published in the LRA release "
            "https://storage.googleapis.com/long-range-arena/lra_release.gz; unpack it and set "
            "config.data_path to lra_release/lra_release/tsv_data.")
 
+TASK = common.CLASSIFICATION
+
 
 def _text_bytes(field: str, where: str) -> bytes:
   """Returns the bytes of a text field: a bytes literal, or else plain text as UTF-8."""

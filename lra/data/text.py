@@ -30,6 +30,8 @@ _EXPECTED = ("the aclImdb folder holding train/{neg,pos}/*.txt and test/{neg,pos
 _SOURCE = ("Download https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz, "
            "unpack it and set config.data_path to its aclImdb folder.")
 
+TASK = common.CLASSIFICATION
+
 
 def _read_split(root: str, split: str,
                 max_length: int) -> tuple[list[np.ndarray], np.ndarray]:

@@ -12,6 +12,7 @@ from lra.data import TaskData
 from lra.models.classifier import Classifier
 from lra.models.classifier import DualEncoder
 from lra.models.lm import CausalLM
+from lra.models.longformer_pretrained import longformer_from_pretrained
 
 MODELS = {
     "classifier": Classifier,

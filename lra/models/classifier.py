@@ -1,7 +1,8 @@
 """Sequence classifier and retrieval dual encoder on top of the shared encoder (NNX).
 
-A learned CLS vector is prepended to every sequence. Under `longformer` attention it is
-the one global token (so `max_global` is 1): it sees and is seen by every position.
+A learned CLS vector is prepended to every sequence. Under a mechanism with global tokens
+(the registry's `uses_global`: Longformer) it is the one global token (so `max_global` is
+1): it sees and is seen by every position.
 Heads follow LRA: pool -> Dense(mlp_dim) -> ReLU -> Dense(num_classes); the dual encoder
 pools each document and classifies `[e1, e2, e1 * e2, e1 - e2]`.
 """
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from lra import attention as attention_lib
 from lra import errors
 from lra.data import PAD_ID
 from lra.models.encoder import Encoder
@@ -35,8 +37,9 @@ class PooledEncoder(nnx.Module):
     if model.pooling not in POOLINGS:
       raise errors.ConfigError(f"model.pooling must be one of {POOLINGS}, got {model.pooling!r}")
     attention = dict(config.attention)
-    self.uses_global = attention["name"] == "longformer"
-    if self.uses_global:
+    mechanism = attention_lib.get(attention.get("name"))
+    self.uses_global = mechanism.uses_global
+    if self.uses_global and "max_global" in mechanism.options:
       attention["max_global"] = 1  # the CLS token
     self.encoder = Encoder(model, attention, vocab_size=vocab_size,
                            max_length=config.data.max_length + 1, rngs=rngs)

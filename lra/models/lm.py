@@ -1,10 +1,10 @@
 """Causal character-level Transformer LM with per-layer causal windows (Longformer §4).
 
-Every layer attends through the registry's causal `local` mechanism. The one-sided window of
-layer `i` is `model.windows[i] * model.window_scale` (windows grow with depth; staged
-training doubles `window_scale` per phase), and the last `model.dilated_heads` heads of
-layer `i` use dilation `model.layer_dilation[i]` (1 = none), as the paper's dilation on
-2 heads of the upper layers.
+Every layer attends through the causal windowed mechanism that `config.attention` names.
+The one-sided window of layer `i` is `model.windows[i] * model.window_scale` (windows grow
+with depth; staged training doubles `window_scale` per phase), and the last
+`model.dilated_heads` heads of layer `i` use dilation `model.layer_dilation[i]` (1 = none), as
+the paper's dilation on 2 heads of the upper layers.
 
 Positions are relative, as in the paper (which used Transformer-XL's relative sinusoidal
 encoding): rotary embeddings (RoPE) rotate queries and keys by sinusoidal angles of their
@@ -29,7 +29,8 @@ _LN2 = 0.6931471805599453
 
 
 def layer_attention_configs(model) -> dict:
-  """The registry config of the causal windows: per-layer window and per-head dilation."""
+  """The attention options of the causal windows: per-layer window and per-head dilation
+  (merged into `config.attention`, which names the mechanism)."""
   num_layers, num_heads = model.num_layers, model.num_heads
   for key in ("windows", "layer_dilation"):
     if len(model[key]) != num_layers:
@@ -40,7 +41,6 @@ def layer_attention_configs(model) -> dict:
         f"model.dilated_heads must be in [0, {num_heads}], got {model.dilated_heads}")
   undilated = num_heads - model.dilated_heads
   return {
-      "name": "local",
       "causal": True,
       "window": tuple(w * model.window_scale for w in model.windows),
       "dilation": tuple((1,) * undilated + (d,) * model.dilated_heads
@@ -57,8 +57,9 @@ class CausalLM(nnx.Module):
       raise errors.ConfigError(
           f"the causal LM takes model.pos_emb='rotary' (relative positions, any length), "
           f"got {config.model.pos_emb!r}")
-    self.encoder = Encoder(config.model, layer_attention_configs(config.model),
-                           vocab_size=vocab_size, max_length=None, rngs=rngs)
+    attention = {**config.attention, **layer_attention_configs(config.model)}
+    self.encoder = Encoder(config.model, attention, vocab_size=vocab_size, max_length=None,
+                           rngs=rngs)
     self.head = nnx.Linear(config.model.emb_dim, vocab_size, dtype=self.encoder.dtype,
                            rngs=rngs)
 

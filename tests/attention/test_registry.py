@@ -1,17 +1,29 @@
-"""`attention.build`: every registered name against the oracle, and config errors."""
+"""The attention registry: every registered name against the oracle, config errors, and
+the flax `attention_fn` adapter against flax's own dense attention."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from absl.testing import parameterized
+from flax import nnx
 
+from experiments import bench_attention
 from lra import attention
+from lra import config_utils
 from lra import errors
+from lra import train
+from lra.attention import layers
 from lra.attention import reference
+from tests import entry_points
 from tests.attention import cases
+from tests.attention import toy_mechanism
 
 LENGTH, HEADS = 11, 4
 
@@ -60,6 +72,41 @@ class BuildMatchesReferenceTest(chex.TestCase):
         *qkv[:3], window=2, dilation=2, global_mask=global_mask, padding_mask=padding_mask,
         global_q=qkv[3], global_k=qkv[4], global_v=qkv[5])
     chex.assert_trees_all_close(out, expected, **cases.F32_TOL)
+
+  def test_variants_and_presets(self):
+    self.assertEqual(list(attention.variants()), ["full", "local", "dilated", "longformer"])
+    for heads, dilation in ((4, (1, 1, 2, 2)), (3, (1, 2, 2)), (1, (2,))):
+      self.assertEqual(attention.variant_config("dilated", num_heads=heads, window=3),
+                       {"name": "local", "window": 3, "dilation": dilation, "causal": False,
+                        "block_size": None, "implementation": None})
+    # An option given wins over the preset's; one the mechanism lacks is left out.
+    self.assertEqual(attention.variant_config("dilated", num_heads=2, window=3,
+                                              dilation=(3, 1))["dilation"], (3, 1))
+    self.assertEqual(attention.variant_config("full", num_heads=2, window=3),
+                     {"name": "full", "causal": False})
+    self.assertTrue(attention.get("longformer").uses_global)
+    self.assertEqual(attention.get("local").implementations, ("xla", "pallas"))
+    self.assertEqual([n for n, m in attention.MECHANISMS.items() if m.quadratic], ["full"])
+
+  def test_task_configs_take_the_registry_config_of_a_variant(self):
+    spec = os.path.join(entry_points.REPO, "configs/listops.py:size=tiny,window=5,attention=")
+    for variant in attention.variants():
+      config = config_utils.load_config(spec + variant)
+      expected = attention.variant_config(variant, num_heads=2, window=5)
+      self.assertEqual(config.attention.to_dict(), expected)
+    dilated = config_utils.load_config(spec + "dilated,dilation=3/1").attention
+    self.assertEqual(dilated.dilation, (3, 1))
+    # Every option is a field: the implementation too, typed, so an override parses.
+    with pytest.raises(TypeError):
+      config_utils.load_config(spec + "local").attention.implementation = 3
+
+  def test_implementation_is_bound_and_names_are_unique(self):
+    for implementation in (None, "xla", "pallas"):
+      bound = attention.build({"name": "local", "window": 2,
+                               "implementation": implementation}, HEADS)
+      self.assertEqual(dict(bound.options)["implementation"], implementation)
+    with pytest.raises(errors.ConfigError, match="already registered"):
+      attention.register(attention.Mechanism("dilated", attention.full_attention, {}))
 
   def test_bound_attention_is_hashable(self):
     """A module holding it may be a static jit argument; lists become tuples."""
@@ -115,7 +162,7 @@ class BuildErrorTest(parameterized.TestCase):
       ("no_name", {"window": 2}, r"unknown attention None; choose one of: full, local"),
       ("unknown_option", {"name": "local", "windw": 4},
        r"attention 'local' has no option 'windw'; its options are: block_size, causal, "
-       r"dilation, window"),
+       r"dilation, implementation, window"),
       ("option_of_another_mechanism", {"name": "longformer", "window": 2, "causal": True},
        r"attention 'longformer' has no option 'causal'; its options are: .*max_global"),
       ("missing_window", {"name": "local"}, r"attention 'local' needs a window \(one-sided"),
@@ -135,6 +182,16 @@ class BuildErrorTest(parameterized.TestCase):
     with pytest.raises(errors.ConfigError, match=message):
       attention.build(config, num_heads=HEADS)
 
+  @parameterized.named_parameters(
+      ("unknown", {"name": "local", "window": 2, "implementation": "cuda"},
+       r"attention 'local': unknown implementation 'cuda'; choose one of: xla, pallas"),
+      ("not_an_option_of_full", {"name": "full", "implementation": "xla"},
+       r"attention 'full' has no option 'implementation'"),
+  )
+  def test_bad_implementation(self, config, message):
+    with pytest.raises(errors.ConfigError, match=message):
+      attention.build(config, num_heads=HEADS)
+
   def test_error_is_a_user_error(self):
     with pytest.raises(errors.UserError):
       attention.build({"name": "local"}, num_heads=HEADS)
@@ -143,3 +200,138 @@ class BuildErrorTest(parameterized.TestCase):
     config = {"name": "local", "window": 2, "dilation": [1, 2, 1, 2]}
     attention.build(config, num_heads=HEADS)
     self.assertEqual(config, {"name": "local", "window": 2, "dilation": [1, 2, 1, 2]})
+
+
+def _flax_layers(config, dropout_rate=0.0, broadcast_dropout=False):
+  """Two `nnx.MultiHeadAttention` with the same parameters: one through the adapter, one
+  through flax's own dense attention."""
+  make = functools.partial(nnx.MultiHeadAttention, num_heads=HEADS, in_features=FEATURES,
+                           decode=False, dropout_rate=dropout_rate,
+                           broadcast_dropout=broadcast_dropout)
+  adapted = make(attention_fn=layers.flax_attention_fn(config, num_heads=HEADS),
+                 rngs=nnx.Rngs(0))
+  return adapted, make(rngs=nnx.Rngs(0))
+
+
+FEATURES = 16
+
+
+class FlaxAdapterTest(parameterized.TestCase):
+  """`flax_attention_fn` in flax's own module against flax's dense attention given the
+  registry's pattern: every mechanism without global tokens, and every preset."""
+
+  @parameterized.parameters(((2,), False), ((2,), True), ((2, 3), False))
+  def test_every_variant_matches_flax_dense_attention(self, batch_shape, causal):
+    x = jax.random.normal(jax.random.key(0), (*batch_shape, LENGTH, FEATURES))
+    lengths = np.arange(np.prod(batch_shape)).reshape(batch_shape) % 3 + LENGTH - 4
+    real = np.arange(LENGTH)[None] < lengths[..., None]
+    checked = 0
+    for name, (mechanism, _) in attention.variants().items():
+      if mechanism.uses_global or (causal and "causal" not in mechanism.options):
+        continue
+      config = attention.variant_config(name, num_heads=HEADS, window=2,
+                                        causal=causal or None)
+      adapted, dense = _flax_layers(config)
+      pattern = attention.build(config, HEADS).pattern(LENGTH, padding_mask=real.reshape(
+          -1, LENGTH)).reshape(*batch_shape, HEADS, LENGTH, LENGTH)
+
+      def loss(layer, mask):
+        # Real rows only: flax's dense attention averages every value at padded queries.
+        return jnp.sum(jnp.where(real[..., None], layer(x, mask=mask), 0) ** 2)
+
+      out, grads = nnx.value_and_grad(loss)(adapted, nnx.make_attention_mask(real, real))
+      expected, expected_grads = nnx.value_and_grad(loss)(dense, pattern)
+      chex.assert_trees_all_close(out, expected, **cases.F32_TOL)
+      chex.assert_trees_all_close(nnx.state(grads), nnx.state(expected_grads),
+                                  **cases.F32_TOL)
+      checked += 1
+    self.assertGreaterEqual(checked, 2 if causal else 3)
+
+  def test_no_mask_means_every_token_is_real(self):
+    config = {"name": "local", "window": 2, "dilation": (1, 2, 1, 2)}
+    adapted, dense = _flax_layers(config)
+    x = jax.random.normal(jax.random.key(1), (2, LENGTH, FEATURES))
+    pattern = attention.build(config, HEADS).pattern(LENGTH)
+    chex.assert_trees_all_close(adapted(x), dense(x, mask=pattern), **cases.F32_TOL)
+
+  def test_runs_under_jit_and_with_dropout(self):
+    config = {"name": "local", "window": 2}
+    adapted, _ = _flax_layers(config, dropout_rate=0.5)
+    x = jax.random.normal(jax.random.key(2), (2, LENGTH, FEATURES))
+    mask = nnx.make_attention_mask(jnp.ones((2, LENGTH), bool), jnp.ones((2, LENGTH), bool))
+    step = nnx.jit(lambda layer, x, mask, rngs: layer(x, mask=mask, deterministic=False,
+                                                      rngs=rngs))
+    first = step(adapted, x, mask, nnx.Rngs(dropout=0))
+    second = step(adapted, x, mask, nnx.Rngs(dropout=1))
+    chex.assert_tree_all_finite((first, second))
+    self.assertFalse(jnp.allclose(first, second))  # dropout is on, and draws anew
+
+  def test_global_tokens_cannot_go_through_the_hook(self):
+    with pytest.raises(errors.ConfigError, match="global tokens, which flax's attention_fn "
+                                                  "hook cannot carry.*SelfAttention"):
+      layers.flax_attention_fn({"name": "longformer", "window": 2}, num_heads=HEADS)
+
+  @parameterized.named_parameters(
+      ("pattern_mask", {}, lambda real: attention.pattern_mask(LENGTH, window=1),
+       "takes only a padding mask"),
+      ("is_causal", {"is_causal": True}, lambda real: None, "is_causal=True needs a causal"),
+  )
+  def test_bad_call(self, kwargs, mask, message):
+    adapted, _ = _flax_layers({"name": "local", "window": 2})
+    x = jnp.ones((1, LENGTH, FEATURES))
+    with pytest.raises(errors.ConfigError, match=message):
+      adapted(x, mask=mask(None), **kwargs)
+
+  def test_broadcast_dropout_is_refused(self):
+    adapted, _ = _flax_layers({"name": "local", "window": 2}, dropout_rate=0.1,
+                              broadcast_dropout=True)
+    with pytest.raises(errors.ConfigError, match="broadcast_dropout=False"):
+      adapted(jnp.ones((1, LENGTH, FEATURES)), deterministic=False, rngs=nnx.Rngs(0))
+
+
+def _run_with_toy(module: str, *args: str):
+  """Runs an entry point in a fresh process with the toy mechanism registered."""
+  return subprocess.run([sys.executable, "-m", "tests.attention.toy_mechanism", module, *args],
+                        cwd=entry_points.REPO, text=True, capture_output=True, timeout=300,
+                        env=entry_points.ENV)
+
+
+def test_one_registry_entry_reaches_every_consumer(tmp_path):
+  """One registry entry (`toy_mechanism.BLOCKED`) reaches the configs, the model, the
+  trainer, the benchmark, `compare` and the pattern plots; leaving the `with` removes it."""
+  run = tmp_path / "sweep" / "blocked_pairs_seed0"
+  with attention.registered(toy_mechanism.BLOCKED):
+    assert list(attention.variants())[-2:] == ["blocked", "blocked_pairs"]
+    config = config_utils.load_config(os.path.join(
+        entry_points.REPO, "configs/listops.py:attention=blocked_pairs,size=tiny"))
+    assert dict(config.attention) == {"name": "blocked", "block": 2}
+    with config.unlocked():
+      config.data_cache_dir = str(tmp_path / "cache")
+      config.num_train_steps = 2
+      config.eval_every_steps = config.checkpoint_every_steps = config.log_every_steps = 2
+    results = train.train_and_evaluate(config, str(run))
+    assert (results["attention"], results["best_val_step"]) == ("blocked", 2)
+
+    assert "blocked_pairs" in bench_attention.row_names()
+    setup = bench_attention.Setup(window=3, heads=2, head_dim=4, batch=1, dtype="float32",
+                                  dilations=())
+    row = bench_attention.measured("blocked_pairs", setup)
+    assert row.count_pairs(9) == 2 * (4 * 2 * 2 + 1)  # 2 heads: 4 blocks of 2, 1 of 1
+    q, k, v = cases.random_qkv(0, 1, 9, 2, 4)
+    expected = reference.dense_attention(
+        q, k, v, mask=toy_mechanism.blocked_pattern(9, {"block": 2}, num_heads=2))
+    chex.assert_trees_all_close(row.attend(q, k, v), expected, **cases.F32_TOL)
+  assert "blocked" not in attention.variants()
+  with pytest.raises(errors.ConfigError, match="unknown attention 'blocked'"):
+    attention.build({"name": "blocked"}, num_heads=2)
+
+  # The entry points, each in a process that registers the toy first. compare reuses the
+  # finished run above (its config is what compare makes of `blocked_pairs`).
+  completed = _run_with_toy("compare", "--config=configs/listops.py", "--size=tiny",
+                            "--attention=blocked_pairs", f"--workdir={tmp_path}/sweep")
+  assert completed.returncode == 0, completed.stderr
+  assert "reusing the finished run" in completed.stdout
+  assert "| blocked_pairs | 1 |" in (tmp_path / "sweep" / "comparison.md").read_text()
+  completed = _run_with_toy("plot_patterns", f"--out={tmp_path}", "--length=12")
+  assert completed.returncode == 0, completed.stderr
+  assert (tmp_path / "attention_patterns.png").exists()

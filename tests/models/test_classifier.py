@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lra import attention
 from lra import config_utils
 from lra.data import PAD_ID
 from lra.models.classifier import POOLINGS
@@ -25,3 +26,26 @@ def test_padding_does_not_change_the_pooled_vector(pooling, variant):
   pooled = encoder(tokens, deterministic=True, rngs=None)
   pooled_padded = encoder(padded, deterministic=True, rngs=None)
   np.testing.assert_allclose(pooled_padded, pooled, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", list(attention.variants()))
+def test_cls_is_global_exactly_under_mechanisms_with_global_tokens(variant):
+  """One layer, window 1, CLS pooling: the CLS vector depends on the last token exactly
+  where the registry's pattern lets CLS see it (a global CLS, or full attention)."""
+  config = config_utils.load_config(
+      f"{REPO}/configs/listops.py:attention={variant},size=tiny,window=1")
+  with config.unlocked():
+    config.model.pooling = "cls"
+  encoder = PooledEncoder(config, vocab_size=VOCAB, rngs=nnx.Rngs(0))
+  tokens = np.random.default_rng(0).integers(PAD_ID + 1, VOCAB, size=(1, 12))
+  changed = tokens.copy()
+  changed[0, -1] = tokens[0, -1] % (VOCAB - 1) + 1  # another real token
+  moved = not np.allclose(encoder(tokens, deterministic=True, rngs=None),
+                          encoder(changed, deterministic=True, rngs=None))
+  # The registry's pattern of the 13 positions, CLS (global where the mechanism has them)
+  # first: does CLS see the last one?
+  cls_global = np.zeros((1, 13), bool)
+  cls_global[0, 0] = True
+  pattern = attention.build(config.attention, config.model.num_heads).pattern(
+      13, global_mask=cls_global)
+  assert moved == bool(np.any(np.asarray(pattern)[0, :, 0, -1]))

@@ -1,4 +1,5 @@
-"""Figures: a run's curves from `metrics.jsonl`, and the comparisons of variants."""
+"""Figures: a run's curves from `metrics.jsonl`, and the comparisons of variants (matplotlib,
+kept out of the library and its trainer)."""
 
 import json
 

@@ -1,0 +1,313 @@
+r"""Accelerator benchmark: the Pallas kernels against XLA, cuDNN and tokamax, forward + backward.
+
+  python -m experiments.bench_gpu --out=results/bench_gpu        # (make bench-gpu)
+
+On a GPU, in a few minutes, one process measures at each length (default 4K..64K, bfloat16,
+one-sided window 256, 8 heads x 64):
+  local_pallas, causal_pallas, dilated_pallas, longformer_pallas
+               `lra.attention` with `implementation="pallas"` (the fused kernels);
+  local_xla    the same window on the blocked XLA core (`implementation="xla"`);
+  cudnn_full   `jax.nn.dot_product_attention(implementation="cudnn")`, full bidirectional
+               attention: the FlashAttention anchor;
+  cudnn_causal_window  cuDNN's causal sliding window (`local_window_size=(w, 0)`, the only
+               window cuDNN takes): the anchor for `causal_pallas`, the same work;
+  tokamax_local, tokamax_causal  `tokamax.dot_product_attention(local_window_size=...,
+               implementation="mosaic")`, when tokamax is installed;
+and the shapes of two task configs (`--task_shapes`: Pathfinder's 4 heads x 8 and Path-X's
+2 heads x 16, at their paper batch), and then one jitted train step of every task's paper
+config (`experiments.bench_model`, `--models`).
+
+A step is a jitted forward and `jax.vjp` pullback of a fixed random output gradient. Time is
+the median of `--repeats` steps after `--warmup`; useful TFLOP/s counts 3 x the forward
+FLOPs of the two matmuls over exactly the pairs the pattern attends (the band's for the
+windowed rows, every pair for `cudnn_full`), against the bf16 matmul rate measured in the
+same process. Memory is XLA's compiled footprint of the step (arguments, outputs and
+temporaries), a figure of the program rather than of the allocator. Writes bench.csv,
+bench.md, bench.json and bench.png in `--out`. Rows that cannot run here (no cuDNN, no
+tokamax, no GPU) are kept with the reason.
+"""
+
+import csv
+import functools
+import importlib.metadata
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import bench_attention
+from experiments import cli
+from lra import attention
+from lra import errors
+
+# The shape, timing and output flags are bench_attention's, with accelerator defaults.
+FLAGS = flags.FLAGS
+for _name, _default in (("lengths", ["4096", "8192", "16384", "32768", "65536"]),
+                        ("dtype", "bfloat16"), ("repeats", 20), ("matmul_size", 8192),
+                        ("out", "results/bench_gpu")):
+  FLAGS.set_default(_name, _default)
+_METHODS = flags.DEFINE_list(
+    "methods", ["local_pallas", "causal_pallas", "dilated_pallas", "longformer_pallas",
+                "local_xla", "cudnn_full", "cudnn_causal_window", "tokamax_local",
+                "tokamax_causal"], "Methods to measure (see the module docstring).")
+_TASK_SHAPES = flags.DEFINE_list(
+    "task_shapes", ["pathfinder:512x1024x4x8", "pathx:64x16384x2x16"],
+    "Extra shapes as name:batch x length x heads x head_dim, measured for local_pallas, "
+    "local_xla and tokamax_local.")
+_XLA_MAX_LENGTH = flags.DEFINE_integer(
+    "xla_max_length", 16384, "Longest length for local_xla (a loop of small kernels on GPU).")
+_MODELS = flags.DEFINE_bool("models", True,
+                            "Also time one train step of every task's paper config.")
+_ALLOW_CPU = flags.DEFINE_bool(
+    "allow_cpu", False, "Run on a CPU too (interpret-mode kernels: for checking the command "
+    "on small lengths, not for figures).")
+
+CSV_COLUMNS = ("method", "shape", "batch", "length", "heads", "head_dim", "status", "median_s",
+               "useful_tflops", "pct_of_matmul", "memory_gb")
+# Task configs whose paper train step `--models` times.
+MODEL_CONFIGS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "enwik8")
+
+
+def _band_pairs(length, window, heads, causal=False, dilations=None):
+  """Query-key pairs of the window pattern, summed over heads."""
+  if causal:
+    i = np.arange(length)
+    return heads * int((np.minimum(window, i) + 1).sum())
+  return bench_attention.pattern_pairs(length, window, dilations or (1,) * heads)
+
+
+def _global_mask(shape):
+  mask = np.zeros(shape[:2], bool)
+  mask[:, 0] = True  # a [CLS]-like global token
+  return mask
+
+
+def _tokamax(q, k, v, *, window, causal):
+  import tokamax  # pylint: disable=g-import-not-at-top
+  return tokamax.dot_product_attention(q, k, v, is_causal=causal,
+                                       local_window_size=(window, 0 if causal else window),
+                                       implementation="mosaic")
+
+
+def methods(window: int, heads: int):
+  """name -> (attend(q, k, v), pairs(length) per batch row, requirement or None)."""
+  dilations = tuple(1 if h < heads // 2 else 2 for h in range(heads))
+  local = functools.partial(attention.sliding_window_attention, window=window)
+  return {
+      "local_pallas": (functools.partial(local, implementation="pallas"),
+                       lambda n: _band_pairs(n, window, heads), None),
+      "causal_pallas": (functools.partial(local, causal=True, implementation="pallas"),
+                        lambda n: _band_pairs(n, window, heads, causal=True), None),
+      "dilated_pallas": (functools.partial(local, dilation=dilations, implementation="pallas"),
+                         lambda n: _band_pairs(n, window, heads, dilations=dilations), None),
+      "longformer_pallas": (
+          lambda q, k, v: attention.longformer_attention(
+              q, k, v, window=window, global_mask=_global_mask(q.shape),
+              implementation="pallas"),
+          lambda n: bench_attention.pattern_pairs(n, window, (1,) * heads, (0,)), None),
+      "local_xla": (functools.partial(local, implementation="xla"),
+                    lambda n: _band_pairs(n, window, heads), None),
+      "cudnn_full": (functools.partial(jax.nn.dot_product_attention, implementation="cudnn"),
+                     lambda n: heads * n * n, "gpu"),
+      "cudnn_causal_window": (
+          functools.partial(jax.nn.dot_product_attention, is_causal=True,
+                            local_window_size=(window, 0), implementation="cudnn"),
+          lambda n: _band_pairs(n, window, heads, causal=True), "gpu"),
+      "tokamax_local": (functools.partial(_tokamax, window=window, causal=False),
+                        lambda n: _band_pairs(n, window, heads), "tokamax"),
+      "tokamax_causal": (functools.partial(_tokamax, window=window, causal=True),
+                         lambda n: _band_pairs(n, window, heads, causal=True), "tokamax"),
+  }
+
+
+def _unmet(requirement) -> str | None:
+  if requirement == "gpu" and jax.default_backend() != "gpu":
+    return "skipped: needs a GPU"
+  if requirement == "tokamax" and importlib.util.find_spec("tokamax") is None:
+    return "skipped: tokamax is not installed (pip install tokamax)"
+  return None
+
+
+def _compiled_gb(jitted, *args) -> float | None:
+  analysis = jitted.lower(*args).compile().memory_analysis()
+  if analysis is None:
+    return None
+  return (analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
+          analysis.temp_size_in_bytes) / 1e9
+
+
+def measure(attend, shape, dtype: str) -> dict:
+  """Times `attend`'s forward + backward on random inputs of `shape`."""
+  q, k, v, cotangent = bench_attention._random_inputs(4, shape, dtype)  # pylint: disable=protected-access
+
+  @jax.jit
+  def step(q, k, v, cotangent):
+    _, pullback = jax.vjp(attend, q, k, v)
+    return pullback(cotangent)
+
+  memory_gb = _compiled_gb(step, q, k, v, cotangent)
+  timing = bench_attention._time_calls(  # pylint: disable=protected-access
+      lambda: step(q, k, v, cotangent), FLAGS.warmup, FLAGS.repeats)
+  return {**timing, "memory_gb": memory_gb}
+
+
+def _matmul_tflops(dtype: str) -> float:
+  n = FLAGS.matmul_size
+  a, b = bench_attention._random_inputs(2, (n, n), dtype)  # pylint: disable=protected-access
+  matmul = jax.jit(jnp.matmul)
+  timing = bench_attention._time_calls(lambda: matmul(a, b), FLAGS.warmup,  # pylint: disable=protected-access
+                                       max(FLAGS.repeats, 20))
+  return 2 * n**3 / timing["median_s"] / 1e12
+
+
+def _plan():
+  """(method, label, shape) in measuring order."""
+  names = list(dict.fromkeys(_METHODS.value))
+  plan = []
+  for length in (int(n) for n in FLAGS.lengths):
+    for name in names:
+      if name == "local_xla" and length > _XLA_MAX_LENGTH.value:
+        continue
+      plan.append((name, str(length), (1, length, FLAGS.heads, FLAGS.head_dim)))
+  for spec in _TASK_SHAPES.value:
+    label, _, dims = spec.partition(":")
+    batch, length, heads, head_dim = (int(x) for x in dims.split("x"))
+    for name in ("local_pallas", "local_xla", "tokamax_local"):
+      if name in names:
+        plan.append((name, f"{label} {length}", (batch, length, heads, head_dim)))
+  return plan
+
+
+def _measure_row(name, label, shape, dtype, matmul_tflops) -> dict:
+  batch, length, heads, head_dim = shape
+  attend, pairs, requirement = methods(FLAGS.window, heads)[name]
+  row = {"method": name, "shape": label, "batch": batch, "length": length, "heads": heads,
+         "head_dim": head_dim}
+  useful_tflop = 3 * 2 * 2 * batch * pairs(length) * head_dim / 1e12
+  row["status"] = _unmet(requirement) or "ok"
+  if row["status"] == "ok":
+    try:
+      row.update(measure(attend, shape, dtype))
+    except Exception as error:  # pylint: disable=broad-except
+      # One failed method (an unsupported shape, out of memory) must not lose the others.
+      row["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+  if row["status"] == "ok":
+    row["useful_tflops"] = useful_tflop / row["median_s"]
+    row["pct_of_matmul"] = 100 * row["useful_tflops"] / matmul_tflops
+  return row
+
+
+def _bench_models(out: str) -> list[dict]:
+  """One train step of each paper config, each through `experiments.bench_model`."""
+  results = []
+  for task in MODEL_CONFIGS:
+    print(f"train step: configs/{task}.py (paper, longformer) ...", flush=True)
+    completed = subprocess.run(
+        [sys.executable, "-m", "experiments.bench_model",
+         f"--config=configs/{task}.py:attention=longformer", "--steps=3", f"--out={out}"],
+        cwd=bench_attention.REPO, capture_output=True, text=True, check=False)
+    message = (completed.stdout.strip().splitlines() or [""])[-1]
+    if completed.returncode:
+      message = "failed: " + "\n".join(completed.stderr.strip().splitlines()[-5:])
+    print("  " + message, flush=True)
+    results.append({"task": task, "result": message})
+  return results
+
+
+def markdown(rows, machine, models) -> str:
+  lines = [
+      "# Accelerator benchmark: forward + backward",
+      "",
+      f"Device {machine['device']}; jax {machine['jax']}; {machine['dtype']}; window "
+      f"{machine['window']} (one-sided); measured matmul rate "
+      f"{machine['matmul_tflops']:.0f} TFLOP/s ({machine['matmul_n']}^3). Time: median of "
+      f"{machine['repeats']} steps. Useful TFLOP/s: 3 x the forward FLOPs over the attended "
+      "pairs. Memory: XLA's compiled footprint of the step.",
+      "",
+      "| method | shape (batch x heads x head_dim) | length | median time (ms) "
+      "| useful TFLOP/s | % of matmul rate | memory (GB) | note |",
+      "|---|---|---:|---:|---:|---:|---:|---|",
+  ]
+  for row in rows:
+    ms = None if row.get("median_s") is None else 1e3 * row["median_s"]
+    fmt = bench_attention._fmt  # pylint: disable=protected-access
+    lines.append(
+        f"| {row['method']} | {row['batch']} x {row['heads']} x {row['head_dim']} "
+        f"| {row['length']} | {fmt(ms, '.3f')} | {fmt(row.get('useful_tflops'), '.1f')} "
+        f"| {fmt(row.get('pct_of_matmul'), '.1f')} | {fmt(row.get('memory_gb'), '.2f')} "
+        f"| {'' if row['status'] == 'ok' else row['status']} |")
+  if models:
+    lines += ["", "Train steps of the paper configs (longformer attention):", ""]
+    lines += [f"- {m['task']}: {m['result']}" for m in models]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if jax.default_backend() == "cpu" and not _ALLOW_CPU.value:
+    raise errors.ConfigError(
+        "no GPU or TPU here (jax.default_backend() is 'cpu'): install jax for the "
+        "accelerator (make ... ACCEL=cuda13), or pass --allow_cpu to check the command with "
+        "interpret-mode kernels on small --lengths")
+  unknown = sorted(set(_METHODS.value) - set(methods(1, 2)))
+  if unknown:
+    raise errors.ConfigError(f"unknown --methods {unknown}; known: {', '.join(methods(1, 2))}")
+  dtype = FLAGS.dtype
+  print(f"matmul {FLAGS.matmul_size}^3 ({dtype}) ...", flush=True)
+  matmul_tflops = _matmul_tflops(dtype)
+  print(f"  {matmul_tflops:.1f} TFLOP/s", flush=True)
+  rows = []
+  plan = _plan()
+  for index, (name, label, shape) in enumerate(plan, 1):
+    print(f"[{index}/{len(plan)}] {name} {label} ...", flush=True)
+    rows.append(_measure_row(name, label, shape, dtype, matmul_tflops))
+    row = rows[-1]
+    print(f"  {1e3 * row['median_s']:.3f} ms, {row['useful_tflops']:.1f} TFLOP/s"
+          if row["status"] == "ok" else f"  {row['status']}", flush=True)
+  device = jax.devices()[0]
+  machine = {"device": f"{device.platform} ({device.device_kind})",
+             "jax": importlib.metadata.version("jax"), "dtype": dtype,
+             "window": FLAGS.window, "matmul_n": FLAGS.matmul_size,
+             "matmul_tflops": matmul_tflops, "repeats": FLAGS.repeats}
+  out = os.path.abspath(FLAGS.out)
+  os.makedirs(out, exist_ok=True)
+  models = _bench_models(out) if _MODELS.value else []
+  text = markdown(rows, machine, models)
+  with open(os.path.join(out, "bench.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(out, "bench.json"), "w") as f:
+    json.dump({"machine": machine, "rows": rows, "models": models}, f, indent=2)
+  with open(os.path.join(out, "bench.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+  from experiments import plotting  # pylint: disable=g-import-not-at-top
+  plotting.versus_length(
+      [r for r in rows if r["shape"] == str(r["length"])],
+      os.path.join(out, "bench.png"), name_key="method",
+      panels=[("median_s", "seconds per step", "forward + backward time"),
+              ("useful_tflops", "useful TFLOP/s", "useful throughput")],
+      title=f"window {FLAGS.window}, {FLAGS.heads} heads x {FLAGS.head_dim}, {dtype}, "
+            f"{machine['device']}")
+  print()
+  print(text)
+  for length in (8192, 16384):
+    medians = {r["method"]: r["median_s"] for r in rows
+               if r["shape"] == str(length) and r["status"] == "ok"}
+    for a, b in (("cudnn_full", "local_pallas"), ("cudnn_causal_window", "causal_pallas"),
+                 ("tokamax_local", "local_pallas")):
+      if a in medians and b in medians:
+        print(f"time({a}) / time({b}) at {length}: {medians[a] / medians[b]:.2f}")
+  print(f"wrote {out}/bench.{{csv,md,json,png}}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

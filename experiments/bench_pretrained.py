@@ -1,0 +1,150 @@
+r"""Forward + backward of a pretrained-size Longformer: ours (JAX) beside HF's (PyTorch).
+
+  python -m experiments.bench_pretrained --hf_python=/tmp/hfvenv/bin/python \
+      --out=results/bench_pretrained
+
+Ours: `lra.models.longformer_pretrained.LongformerModel` with random weights of the
+`allenai/longformer-base-4096` shape (12 layers of 12 x 64 heads, MLP 3072, vocabulary
+50265; `--layers`, `--heads`, `--window` change it), the attention through the registry's
+`longformer` mechanism. One step is the jitted forward and the backward of
+`sum(last_hidden_state * g)` into every parameter, batch 1, `--global_tokens` leading
+global tokens, no dropout, float32: the step `experiments/bench_hf_longformer.py --model`
+times for HF's `LongformerModel` (HF's `attention_window` is twice our one-sided
+`--window`). `--remat` recomputes every layer in the backward pass on both sides (HF's
+gradient checkpointing). Each side runs in a fresh process, so that its peak RSS (`ru_maxrss`, which
+includes the interpreter and the libraries) is its own. With `--hf_python` (the
+interpreter of a scratch virtual environment holding torch and transformers, see
+`experiments/bench_hf_longformer.py`) HF's model is measured too and both are printed side
+by side; the JSON lines go to `--out/bench_pretrained.jsonl`.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import flags
+
+from experiments import cli
+
+_LENGTH = flags.DEFINE_integer("length", 4096, "Tokens per sequence.")
+_LAYERS = flags.DEFINE_integer("layers", 12, "Encoder layers.")
+_HEADS = flags.DEFINE_integer("heads", 12, "Attention heads of 64 features.")
+_WINDOW = flags.DEFINE_integer("window", 256, "One-sided window (HF's attention_window / 2).")
+_GLOBAL = flags.DEFINE_integer("global_tokens", 1, "Leading global tokens.")
+_REMAT = flags.DEFINE_bool("remat", False, "Recompute every layer in the backward pass "
+                           "(HF: gradient checkpointing), on both sides.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps after the compiling one.")
+_HF_PYTHON = flags.DEFINE_string("hf_python", None,
+                                 "Python of a venv with torch + transformers: also time HF.")
+_OUT = flags.DEFINE_string("out", "results/bench_pretrained", "Output folder.")
+_IN_PROCESS = flags.DEFINE_bool("in_process", False,
+                                "Measure ours in this process (used by the parent run).")
+
+HEAD_DIM = 64
+
+
+def measure() -> dict:
+  """Compiles and times our forward + backward; returns seconds per step and peak RSS."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from lra.models import longformer_pretrained as lp  # pylint: disable=g-import-not-at-top
+
+  hidden = _HEADS.value * HEAD_DIM
+  config = lp.LongformerConfig(
+      hidden_size=hidden, num_attention_heads=_HEADS.value, intermediate_size=4 * hidden,
+      num_hidden_layers=_LAYERS.value, attention_window=(2 * _WINDOW.value,) * _LAYERS.value,
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  model = lp.LongformerModel(config, attention={"max_global": _GLOBAL.value},
+                             remat=_REMAT.value, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  rng = np.random.default_rng(0)
+  input_ids = jnp.asarray(rng.integers(3, config.vocab_size, (1, _LENGTH.value)), jnp.int32)
+  global_mask = jnp.asarray(np.arange(_LENGTH.value)[None] < _GLOBAL.value)
+  cotangent = jnp.asarray(rng.normal(size=(1, _LENGTH.value, hidden)), jnp.float32)
+
+  @jax.jit
+  def step(params, input_ids, global_mask, cotangent):
+    def objective(params):
+      out = nnx.merge(graphdef, params)(input_ids, global_attention_mask=global_mask)
+      return jnp.sum(out.last_hidden_state * cotangent)
+    return jax.grad(objective)(params)
+
+  start = time.perf_counter()
+  jax.block_until_ready(step(params, input_ids, global_mask, cotangent))
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    jax.block_until_ready(step(params, input_ids, global_mask, cotangent))
+    times.append(time.perf_counter() - start)
+  return {"impl": "ours (jax)", "length": _LENGTH.value, "layers": _LAYERS.value,
+          "hidden": hidden, "window": _WINDOW.value, "global_tokens": _GLOBAL.value,
+          "remat": _REMAT.value,
+          "median_s": sorted(times)[len(times) // 2], "times_s": times,
+          "compile_and_first_step_s": compile_s,
+          "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+          "versions": f"jax {jax.__version__}", "device": jax.devices()[0].device_kind}
+
+
+def _ours() -> dict:
+  args = [a for a in sys.argv[1:] if not a.startswith(("--out", "--hf_python"))]
+  process = subprocess.run([sys.executable, "-m", "experiments.bench_pretrained", *args,
+                            "--in_process"], capture_output=True, text=True)
+  lines = [l for l in process.stdout.splitlines() if l.startswith("RESULT ")]
+  if process.returncode or not lines:
+    tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
+    sys.exit(f"error: our measurement failed: {tail}")
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def _huggingface() -> dict:
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_hf_longformer.py")
+  process = subprocess.run(
+      [_HF_PYTHON.value, script, "--model", "--child", f"--lengths={_LENGTH.value}",
+       f"--layers={_LAYERS.value}", f"--heads={_HEADS.value}", f"--head_dim={HEAD_DIM}",
+       f"--window={_WINDOW.value}", f"--global_tokens={_GLOBAL.value}",
+       f"--repeats={_STEPS.value}", "--warmup=1", f"--threads={len(os.sched_getaffinity(0))}"]
+      + (["--remat"] if _REMAT.value else []),
+      capture_output=True, text=True)
+  if process.returncode:
+    tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
+    sys.exit(f"error: HF's measurement failed: {tail}")
+  record = json.loads(process.stdout.strip().splitlines()[-1])
+  versions = subprocess.run(
+      [_HF_PYTHON.value, "-c", "import torch, transformers; "
+       "print(f'torch {torch.__version__}, transformers {transformers.__version__}')"],
+      capture_output=True, text=True).stdout.strip()
+  return {"impl": "HF (pytorch)", **record, "remat": _REMAT.value, "versions": versions}
+
+
+def main(argv):
+  del argv
+  if _IN_PROCESS.value:
+    print("RESULT " + json.dumps(measure()), flush=True)
+    return
+  print(f"{_LAYERS.value} layers x {_HEADS.value * HEAD_DIM}, one-sided window "
+        f"{_WINDOW.value}, length {_LENGTH.value}, batch 1, {_GLOBAL.value} global, "
+        f"forward + backward{', layers recomputed' if _REMAT.value else ''} ...", flush=True)
+  results = [_ours()]
+  if _HF_PYTHON.value:
+    results.append(_huggingface())
+  os.makedirs(_OUT.value, exist_ok=True)
+  with open(os.path.join(_OUT.value, "bench_pretrained.jsonl"), "a") as f:
+    for result in results:
+      f.write(json.dumps(result) + "\n")
+  for r in results:
+    print(f"{r['impl']:>13}: {r['median_s']:7.2f} s/step (steps {', '.join(f'{t:.2f}' for t in r['times_s'])}), "
+          f"peak RSS {r['peak_rss_gb']:.2f} GB  [{r['versions']}]")
+  if len(results) == 2:
+    ours, hf = results
+    print(f"ours vs HF: {hf['median_s'] / ours['median_s']:.2f}x faster, "
+          f"{ours['peak_rss_gb'] / hf['peak_rss_gb']:.2f}x the peak memory")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,316 @@
+"""The attention contract, checked for every windowed mechanism on every implementation.
+
+Two base classes hold the checks (small cases for `make test`, realistic shapes for
+`make test-slow`); each implementation is a mixin that only says how to run: the blocked XLA core, the Pallas GPU kernels and the Pallas TPU kernels (both in
+interpret mode on this CPU). Every check compares against the dense oracle of
+`reference.py` in outputs and gradients, through the registry (`attention.build`), with
+XLA's optimizations on (the suite's conftest turns most of them off elsewhere, to save
+compile time), with and without jit.
+
+The default cases are small but cross blocks and residue classes; the `slow` ones have the
+shapes of real runs (head_dim 64, blocks of 128, windows up to 1024, lengths to 4K).
+"""
+
+import contextlib
+import functools
+from unittest import mock
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from lra import attention
+from lra import errors
+from lra.attention import kernels
+from lra.attention import reference
+from tests.attention import cases
+
+# (length, window, dilation, causal, block_size); batch 2 (row 1 padded, maybe empty).
+LOCAL_CASES = [
+    (1, 8, 1, False, None),  # shorter than any block
+    (45, 3, (1, 2, 4, 8), False, 16),  # dilation up to 8: residue classes of 5 and 6
+    (150, 40, 1, True, 16),  # reach of 3 blocks on one side
+    (203, 37, (1, 3), False, 16),  # w > 2 x block, no multiple of anything
+]
+# Eagerly (op by op, which is slow on a custom VJP): one small case per mechanism.
+LOCAL_EAGER_CASE = (20, 3, (1, 2), True, 8)
+LOCAL_SLOW_CASES = [
+    (1000, 300, 1, False, 128),
+    (1500, 8, 1, True, None),
+    (2100, 1024, (1, 2), False, 128),
+    (4001, 256, (1, 2, 4, 8), True, 128),
+]
+# (length, window, dilation, global tokens, separate global projections, block_size)
+LONGFORMER_CASES = [
+    (37, 5, (1, 2), "scattered", True, 16),
+    (130, 40, 1, "first", True, 16),
+    (90, 8, 2, "per_row", False, None),
+]
+LONGFORMER_EAGER_CASE = (21, 3, 1, "first", True, 8)
+LONGFORMER_SLOW_CASES = [
+    (1000, 300, (1, 2), "scattered", True, 128),
+    (2048, 256, 1, "first", True, 128),
+]
+HEAD_DIM = {False: 16, True: 64}  # fast cases, slow (realistic) cases
+
+
+def _padding(length, empty_row):
+  """Row 0 all real; row 1 padded at random, or all padding."""
+  return cases.padding(length, 2, length, empty_row=empty_row).at[0].set(True)
+
+
+@functools.partial(jax.jit, static_argnames=("window", "dilation", "causal"))
+def _local_oracle(q, k, v, padding_mask, *, window, dilation, causal):
+  def dense(q, k, v):
+    mask = reference.pattern_mask(q.shape[1], window=window, dilation=dilation,
+                                  causal=causal, num_heads=q.shape[2],
+                                  padding_mask=padding_mask)
+    return reference.dense_attention(q, k, v, mask=mask)
+  return cases.grads(dense, [x.astype(jnp.float32) for x in (q, k, v)])
+
+
+@functools.partial(jax.jit, static_argnames=("window", "dilation"))
+def _longformer_oracle(qkv, global_mask, padding_mask, *, window, dilation):
+  def dense(*qkv):
+    projections = dict(zip(("global_q", "global_k", "global_v"), qkv[3:]))
+    return reference.longformer_reference(*qkv[:3], window=window, dilation=dilation,
+                                          global_mask=global_mask,
+                                          padding_mask=padding_mask, **projections)
+  return cases.grads(dense, [x.astype(jnp.float32) for x in qkv])
+
+
+class _Checks(chex.TestCase):
+  """How an implementation runs, and the comparisons against the oracle."""
+
+  __test__ = False  # only the concrete subclasses below are collected
+
+  implementation = "xla"
+  cpu_target = None  # for "pallas": which kernels interpret mode runs
+  supports_dropout = True
+
+  def setUp(self):
+    super().setUp()
+    stack = contextlib.ExitStack()
+    self.addCleanup(stack.close)
+    disabled = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    stack.callback(jax.config.update, "jax_disable_most_optimizations", disabled)
+    if self.cpu_target:
+      stack.enter_context(mock.patch.object(kernels, "CPU_TARGET", self.cpu_target))
+
+  def _build(self, name, num_heads, **options):
+    return attention.build({"name": name, "implementation": self.implementation, **options},
+                           num_heads)
+
+  def _check_local(self, length, window, dilation, causal, block_size, dtype, tol,
+                   realistic=False):
+    heads = len(dilation) if isinstance(dilation, tuple) else 2
+    q, k, v = cases.random_qkv(length, 2, length, heads, HEAD_DIM[realistic], dtype)
+    padding_mask = _padding(length, empty_row=not causal)
+    core = self._build("local", heads, window=window, dilation=dilation, causal=causal,
+                       block_size=block_size)
+    fast = functools.partial(core, padding_mask=padding_mask)
+    out, grads = self.variant(lambda *qkv: cases.grads(fast, qkv))(q, k, v)
+    expected_out, expected_grads = _local_oracle(q, k, v, padding_mask, window=window,
+                                                 dilation=dilation, causal=causal)
+    chex.assert_shape(out, q.shape)
+    chex.assert_type(out, dtype)
+    chex.assert_tree_all_finite((out, grads))
+    chex.assert_trees_all_close(out.astype(jnp.float32), expected_out, **tol)
+    chex.assert_trees_all_close([g.astype(jnp.float32) for g in grads],
+                                list(expected_grads), **tol)
+
+  def _check_longformer(self, length, window, dilation, global_kind, separate, block_size,
+                        dtype, tol, realistic=False):
+    heads = len(dilation) if isinstance(dilation, tuple) else 2
+    qkv = cases.random_qkv(length, 2, length, heads, HEAD_DIM[realistic], dtype,
+                           count=6 if separate else 3)
+    padding_mask = _padding(length, empty_row=True)
+    global_mask = cases.global_tokens(global_kind, length, 2, length)
+    core = self._build("longformer", heads, window=window, dilation=dilation,
+                       block_size=block_size, max_global=int(global_mask.sum(1).max()))
+
+    def fast(*qkv):
+      return core(*qkv[:3], padding_mask=padding_mask, global_mask=global_mask,
+                  global_qkv=qkv[3:] or None)
+
+    out, grads = self.variant(lambda *qkv: cases.grads(fast, qkv))(*qkv)
+    expected_out, expected_grads = _longformer_oracle(qkv, global_mask, padding_mask,
+                                                      window=window, dilation=dilation)
+    chex.assert_shape(out, qkv[0].shape)
+    chex.assert_type(out, dtype)
+    chex.assert_tree_all_finite((out, grads))
+    chex.assert_trees_all_close(out.astype(jnp.float32), expected_out, **tol)
+    chex.assert_trees_all_close([g.astype(jnp.float32) for g in grads],
+                                list(expected_grads), **tol)
+
+
+
+class _Contract(_Checks):
+  """The contract on small cases that cross blocks and residue classes (in `make test`)."""
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(*LOCAL_CASES)
+  def test_local_float32(self, *case):
+    self._check_local(*case, jnp.float32, cases.F32_TOL)
+
+  @chex.variants(without_jit=True)
+  @parameterized.parameters(LOCAL_EAGER_CASE)
+  def test_local_float32_eagerly(self, *case):
+    self._check_local(*case, jnp.float32, cases.F32_TOL)
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(LOCAL_CASES[3])
+  def test_local_bfloat16(self, *case):
+    self._check_local(*case, jnp.bfloat16, cases.BF16_TOL)
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(*LONGFORMER_CASES)
+  def test_longformer_float32(self, *case):
+    self._check_longformer(*case, jnp.float32, cases.F32_TOL)
+
+  @chex.variants(without_jit=True)
+  @parameterized.parameters(LONGFORMER_EAGER_CASE)
+  def test_longformer_float32_eagerly(self, *case):
+    self._check_longformer(*case, jnp.float32, cases.F32_TOL)
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(LONGFORMER_CASES[0])
+  def test_longformer_bfloat16(self, *case):
+    self._check_longformer(*case, jnp.bfloat16, cases.BF16_TOL)
+
+  @parameterized.parameters((1,), ((1, 3),))
+  def test_future_and_padded_keys_get_no_gradient(self, dilation):
+    """Causality and padding through gradients: output row `query` depends on no key
+    after it and on no padded key (exactly: the gradient is 0, not small)."""
+    length, query, real = 70, 41, 60
+    q, k, v = cases.random_qkv(0, 1, length, 2, 16)
+    padding_mask = jnp.arange(length)[None] < real
+    core = self._build("local", 2, window=9, dilation=dilation, causal=True, block_size=16)
+
+    def output_at(k, v, row):
+      return jnp.sum(core(q, k, v, padding_mask=padding_mask)[:, row])
+
+    grad_k, grad_v = jax.jit(jax.grad(output_at, argnums=(0, 1)), static_argnums=2)(
+        k, v, query)
+    for grad in (grad_k, grad_v):
+      np.testing.assert_array_equal(grad[:, query + 1:], 0.0)
+      self.assertGreater(float(jnp.abs(grad[:, query]).sum()), 0.0)
+    grad_k = jax.jit(jax.grad(output_at), static_argnums=2)(k, v, real - 1)
+    np.testing.assert_array_equal(grad_k[:, real:], 0.0)
+
+  def test_padded_rows_are_zero_without_nan(self):
+    q, k, v = cases.random_qkv(1, 2, 40, 2, 16)
+    padding_mask = jnp.zeros((2, 40), bool).at[0, :25].set(True)
+    core = self._build("local", 2, window=5, block_size=16)
+    out, grads = jax.jit(lambda *qkv: cases.grads(
+        functools.partial(core, padding_mask=padding_mask), qkv))(q, k, v)
+    chex.assert_tree_all_finite((out, grads))
+    np.testing.assert_array_equal(out[0, 25:], 0.0)
+    np.testing.assert_array_equal(out[1], 0.0)
+    for grad in grads:
+      np.testing.assert_array_equal(grad[1], 0.0)
+
+  def test_dropout_is_unbiased(self):
+    """The mean over dropout draws is the exact output: a 5% bias (e.g. rescaling kept
+    probabilities by 1/(1 - 0.95 rate)) fails. Implementations without dropout must say so."""
+    q, k, v = cases.random_qkv(3, 2, 40, 2, 16)
+    core = self._build("local", 2, window=4, block_size=16)
+    if not self.supports_dropout:
+      with pytest.raises(errors.ConfigError, match="no attention dropout"):
+        core(q, k, v, dropout_rate=0.2, dropout_rng=jax.random.key(0))
+      return
+    exact = core(q, k, v)
+    draws = jax.jit(jax.vmap(lambda key: core(q, k, v, dropout_rate=0.2, dropout_rng=key)))(
+        jax.random.split(jax.random.key(1), 400))
+    # Regress the mean draw on the exact output: slope 1 when unbiased. Its spread over
+    # 400 draws of 6400 outputs is ~0.002; a 5% bias moves it by 0.05.
+    slope = float(jnp.vdot(draws.mean(0), exact) / jnp.vdot(exact, exact))
+    self.assertAlmostEqual(slope, 1.0, delta=0.015)
+
+
+class _RealisticContract(_Checks):
+  """The contract at the shapes of real runs (`make test-slow`)."""
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(*LOCAL_SLOW_CASES)
+  def test_local_realistic_float32(self, *case):
+    self._check_local(*case, jnp.float32, cases.F32_TOL, realistic=True)
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(LOCAL_SLOW_CASES[0], LOCAL_SLOW_CASES[3])
+  def test_local_realistic_bfloat16(self, *case):
+    self._check_local(*case, jnp.bfloat16, cases.BF16_TOL, realistic=True)
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(*LONGFORMER_SLOW_CASES)
+  def test_longformer_realistic_float32(self, *case):
+    self._check_longformer(*case, jnp.float32, cases.F32_TOL, realistic=True)
+
+
+class _Xla:
+  implementation = "xla"
+
+
+class _PallasGpuKernels:
+  implementation = "pallas"
+  cpu_target = "gpu_interpret"
+  supports_dropout = False
+
+
+class _PallasTpuKernels:
+  implementation = "pallas"
+  cpu_target = "tpu_interpret"
+  supports_dropout = False
+
+
+class XlaContractTest(_Xla, _Contract):
+  __test__ = True
+
+
+class PallasGpuKernelsContractTest(_PallasGpuKernels, _Contract):
+  __test__ = True
+
+
+class PallasTpuKernelsContractTest(_PallasTpuKernels, _Contract):
+  __test__ = True
+
+
+@pytest.mark.slow
+class XlaRealisticContractTest(_Xla, _RealisticContract):
+  __test__ = True
+
+
+@pytest.mark.slow
+class PallasGpuKernelsRealisticContractTest(_PallasGpuKernels, _RealisticContract):
+  __test__ = True
+
+
+@pytest.mark.slow
+class PallasTpuKernelsRealisticContractTest(_PallasTpuKernels, _RealisticContract):
+  __test__ = True
+
+
+class ImplementationSwitchTest(parameterized.TestCase):
+
+  def test_unknown_implementation(self):
+    with pytest.raises(errors.ConfigError, match="unknown implementation 'cuda'"):
+      attention.build({"name": "local", "window": 4, "implementation": "cuda"}, 2)(
+          *cases.random_qkv(0, 1, 8, 2, 4))
+
+  def test_none_is_xla_on_cpu(self):
+    from lra.attention import common
+    self.assertEqual(common.resolve_implementation(None, dropout_rate=0.0), "xla")
+    self.assertEqual(common.resolve_implementation("pallas", dropout_rate=0.0), "pallas")
+
+  def test_pallas_runs_the_kernels(self):
+    q, k, v = cases.random_qkv(0, 1, 40, 2, 16)
+    jaxpr = jax.make_jaxpr(functools.partial(
+        attention.sliding_window_attention, window=4, implementation="pallas"))(q, k, v)
+    self.assertIn("pallas_call", str(jaxpr))
+    jaxpr = jax.make_jaxpr(functools.partial(
+        attention.sliding_window_attention, window=4, implementation="xla"))(q, k, v)
+    self.assertNotIn("pallas_call", str(jaxpr))
