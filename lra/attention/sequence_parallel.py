@@ -185,13 +185,15 @@ def _real_tokens(q, padding_mask):
 def sharded_sliding_window_attention(q, k, v, *, sequence_axis: str, window: int,
                                      dilation=1, causal: bool = False, padding_mask=None,
                                      dropout_rate: float = 0., dropout_rng=None,
-                                     block_size: int | None = None):
+                                     block_size: int | None = None,
+                                     implementation: str | None = None):
   """`sliding.sliding_window_attention` with the length split over `sequence_axis`.
 
   Called under a mesh in context (`with jax.set_mesh(mesh):`) that has `sequence_axis`;
   arguments and result are as in `sliding_window_attention` (global arrays
   `[batch, length, heads, head_dim]`, any length), and so is the result, up to float
-  rounding, except that dropout masks are drawn per shard.
+  rounding, except that dropout masks are drawn per shard. `implementation` picks the core
+  each shard runs on its stretch.
   """
   sliding.check_qkv(q, k, v)
   common.check_window(window)
@@ -199,7 +201,7 @@ def sharded_sliding_window_attention(q, k, v, *, sequence_axis: str, window: int
   reach = window * max(common.dilation_per_head(dilation, q.shape[2]))
   split = split_sequence(sequence_axis, q.shape[1], reach, causal)
   options = dict(window=window, dilation=dilation, dropout_rate=dropout_rate,
-                 block_size=block_size)
+                 block_size=block_size, implementation=implementation)
 
   def shard_fn(q, k, v, real, rng):
     out, _ = _local_part(split, q, k, v, real, real, rng=_shard_rng(rng, split), **options)
@@ -227,7 +229,8 @@ def _merge_over_shards(out_BxGxHxD, lse_BxGxH, split: SequenceSplit):
 def sharded_longformer_attention(q, k, v, *, sequence_axis: str, window: int, global_mask,
                                  dilation=1, global_q=None, global_k=None, global_v=None,
                                  padding_mask=None, dropout_rate: float = 0., dropout_rng=None,
-                                 block_size: int | None = None, max_global: int | None = None):
+                                 block_size: int | None = None, max_global: int | None = None,
+                                 implementation: str | None = None):
   """`longformer.longformer_attention` with the length split over `sequence_axis`.
 
   Arguments and result as in `longformer_attention`, under a mesh in context that has
@@ -253,7 +256,7 @@ def sharded_longformer_attention(q, k, v, *, sequence_axis: str, window: int, gl
   is_global = jnp.asarray(global_mask, bool) & real
   budget = longformer._global_budget(is_global, global_mask, max_global)  # pylint: disable=protected-access
   options = dict(window=window, dilation=dilation, dropout_rate=dropout_rate,
-                 block_size=block_size)
+                 block_size=block_size, implementation=implementation)
   gather = functools.partial(jax.lax.all_gather, axis_name=split.axis, axis=1, tiled=True)
 
   def shard_fn(q, k, v, global_q, global_k, global_v, real, is_global, rng):

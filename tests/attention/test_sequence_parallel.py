@@ -125,6 +125,20 @@ def test_longformer_equals_unsharded_and_oracle(shards, length, window, dilation
   assert_all_close(sharded, oracle)
 
 
+def test_each_shard_runs_the_chosen_implementation():
+  """`implementation` reaches each shard's core (both functions run it through one path):
+  the Pallas kernels, interpreted on CPU, give the XLA core's unsharded result."""
+  inputs = cases.random_qkv(0, 1, 64, 2, 8)
+  options = dict(window=4, dilation=(1, 2), causal=True, block_size=16)
+  sharded = outputs_and_grads(
+      functools.partial(sequence_parallel.sharded_sliding_window_attention, sequence_axis=AXIS,
+                        implementation="pallas", **options), inputs, sequence_mesh(2))
+  unsharded = outputs_and_grads(
+      functools.partial(sliding.sliding_window_attention, implementation="xla", **options),
+      inputs)
+  assert_all_close(sharded, unsharded)
+
+
 def test_longformer_traced_global_mask_needs_and_checks_max_global():
   q, k, v = cases.random_qkv(0, 2, 32, 2, 8)
   global_mask = cases.global_tokens("per_row", 0, 2, 32)  # rows of 1 and 2 global tokens
