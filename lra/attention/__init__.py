@@ -126,6 +126,8 @@ _WINDOW = Option(None, int, "one-sided window w: each query sees w keys on each 
 _DILATION = Option(1, int, "one int for every head, or one per head")
 _BLOCK_SIZE = Option(None, int, "query block of the blocked loop; None: chosen from the window")
 _IMPLEMENTATION = Option(None, str, "xla | pallas; None: the best for the backend")
+_SEQUENCE_AXIS = Option(None, str, "mesh axis the length is split over (halo exchange); "
+                                   "None: unsplit")
 
 MECHANISMS: dict[str, Mechanism] = {}
 
@@ -179,14 +181,15 @@ register(Mechanism(
     "local", sliding_window_attention,
     {"window": _WINDOW, "dilation": _DILATION,
      "causal": Option(False, bool, "each query sees only itself and the w keys before it"),
-     "block_size": _BLOCK_SIZE, "implementation": _IMPLEMENTATION},
+     "block_size": _BLOCK_SIZE, "implementation": _IMPLEMENTATION,
+     "sequence_axis": _SEQUENCE_AXIS},
     implementations=("xla", "pallas"), presets={"dilated": _half_dilated}))
 register(Mechanism(
     "longformer", longformer_attention,
     {"window": _WINDOW, "dilation": _DILATION, "block_size": _BLOCK_SIZE,
      "max_global": Option(None, int, "most global tokens of any row; None: counted from a "
                                      "concrete global_mask"),
-     "implementation": _IMPLEMENTATION},
+     "implementation": _IMPLEMENTATION, "sequence_axis": _SEQUENCE_AXIS},
     uses_global=True, implementations=("xla", "pallas")))
 
 

@@ -109,7 +109,8 @@ def longformer_attention(q, k, v, *, window: int, global_mask, dilation=1, globa
                          global_k=None, global_v=None, padding_mask=None,
                          dropout_rate: float = 0., dropout_rng=None,
                          block_size: int | None = None, max_global: int | None = None,
-                         implementation: str | None = None):
+                         implementation: str | None = None,
+                         sequence_axis: str | None = None):
   """Sliding-window attention plus symmetric global attention (Longformer, section 3.1).
 
   Args:
@@ -127,10 +128,19 @@ def longformer_attention(q, k, v, *, window: int, global_mask, dilation=1, globa
       `global_mask` is traced (an argument of a jitted function).
     implementation: of the window part, as in `sliding_window_attention`; the global
       pieces are small dense XLA computations either way.
+    sequence_axis: split the length over this axis of the mesh in context, as in
+      `sliding_window_attention`; global tokens travel as their `max_global` slots.
 
   Returns:
     `[batch, length, heads, head_dim]` in the dtype of q.
   """
+  if sequence_axis is not None:
+    from lra.attention import sequence_parallel  # pylint: disable=g-import-not-at-top
+    return sequence_parallel.sharded_longformer_attention(
+        q, k, v, sequence_axis=sequence_axis, window=window, global_mask=global_mask,
+        dilation=dilation, global_q=global_q, global_k=global_k, global_v=global_v,
+        padding_mask=padding_mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+        block_size=block_size, max_global=max_global, implementation=implementation)
   sliding.check_qkv(q, k, v)
   common.check_dropout(dropout_rate, dropout_rng)
   given = [x is not None for x in (global_q, global_k, global_v)]

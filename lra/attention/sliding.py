@@ -368,7 +368,8 @@ def local_attention_with_lse(q, k, v, *, window: int, dilation: int | Sequence[i
 def sliding_window_attention(q, k, v, *, window: int, dilation: int | Sequence[int] = 1,
                              causal: bool = False, padding_mask=None, dropout_rate: float = 0.,
                              dropout_rng=None, block_size: int | None = None,
-                             implementation: str | None = None):
+                             implementation: str | None = None,
+                             sequence_axis: str | None = None):
   """Sliding-window attention, exact and linear in length.
 
   For head h with dilation d, query i sees key j iff `(j - i) % d == 0` and
@@ -387,10 +388,20 @@ def sliding_window_attention(q, k, v, *, window: int, dilation: int | Sequence[i
     implementation: "xla" (the blocked XLA core), "pallas" (fused kernels: Triton on GPU,
       Mosaic on TPU, interpret mode on CPU; no dropout), or None: "pallas" on GPU and TPU
       unless dropout is on, else "xla".
+    sequence_axis: an axis of the mesh in context (`jax.set_mesh`) to split the length
+      over, exchanging only halos of `window * dilation` keys between neighbouring shards
+      (`lra.attention.sequence_parallel`); None: one device's whole sequence.
 
   Returns:
     `[batch, length, heads, head_dim]` in the dtype of q.
   """
+  if sequence_axis is not None:
+    # Imported here: the sharded path is built on this module.
+    from lra.attention import sequence_parallel  # pylint: disable=g-import-not-at-top
+    return sequence_parallel.sharded_sliding_window_attention(
+        q, k, v, sequence_axis=sequence_axis, window=window, dilation=dilation,
+        causal=causal, padding_mask=padding_mask, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng, block_size=block_size, implementation=implementation)
   real = jnp.ones(q.shape[:2], bool) if padding_mask is None else padding_mask.astype(bool)
   out, _ = local_attention_with_lse(
       q, k, v, window=window, dilation=dilation, causal=causal, query_mask=real,
