@@ -78,6 +78,7 @@ class BuildMatchesReferenceTest(chex.TestCase):
     for heads, dilation in ((4, (1, 1, 2, 2)), (3, (1, 2, 2)), (1, (2,))):
       self.assertEqual(attention.variant_config("dilated", num_heads=heads, window=3),
                        {"name": "local", "window": 3, "dilation": dilation, "causal": False,
+                        "sequence_axis": None,
                         "block_size": None, "implementation": None})
     # An option given wins over the preset's; one the mechanism lacks is left out.
     self.assertEqual(attention.variant_config("dilated", num_heads=2, window=3,
@@ -162,7 +163,7 @@ class BuildErrorTest(parameterized.TestCase):
       ("no_name", {"window": 2}, r"unknown attention None; choose one of: full, local"),
       ("unknown_option", {"name": "local", "windw": 4},
        r"attention 'local' has no option 'windw'; its options are: block_size, causal, "
-       r"dilation, implementation, window"),
+       r"dilation, implementation, sequence_axis, window"),
       ("option_of_another_mechanism", {"name": "longformer", "window": 2, "causal": True},
        r"attention 'longformer' has no option 'causal'; its options are: .*max_global"),
       ("missing_window", {"name": "local"}, r"attention 'local' needs a window \(one-sided"),
