@@ -105,6 +105,14 @@ class _Checks(chex.TestCase):
     return attention.build({"name": name, "implementation": self.implementation, **options},
                            num_heads)
 
+  def _assert_matches(self, out, grads, expected_out, expected_grads, shape, dtype, tol):
+    chex.assert_shape(out, shape)
+    chex.assert_type(out, dtype)
+    chex.assert_tree_all_finite((out, grads))
+    chex.assert_trees_all_close(out.astype(jnp.float32), expected_out, **tol)
+    chex.assert_trees_all_close([g.astype(jnp.float32) for g in grads],
+                                list(expected_grads), **tol)
+
   def _check_local(self, length, window, dilation, causal, block_size, dtype, tol,
                    realistic=False):
     heads = len(dilation) if isinstance(dilation, tuple) else 2
@@ -116,12 +124,7 @@ class _Checks(chex.TestCase):
     out, grads = self.variant(lambda *qkv: cases.grads(fast, qkv))(q, k, v)
     expected_out, expected_grads = _local_oracle(q, k, v, padding_mask, window=window,
                                                  dilation=dilation, causal=causal)
-    chex.assert_shape(out, q.shape)
-    chex.assert_type(out, dtype)
-    chex.assert_tree_all_finite((out, grads))
-    chex.assert_trees_all_close(out.astype(jnp.float32), expected_out, **tol)
-    chex.assert_trees_all_close([g.astype(jnp.float32) for g in grads],
-                                list(expected_grads), **tol)
+    self._assert_matches(out, grads, expected_out, expected_grads, q.shape, dtype, tol)
 
   def _check_longformer(self, length, window, dilation, global_kind, separate, block_size,
                         dtype, tol, realistic=False):
@@ -140,12 +143,7 @@ class _Checks(chex.TestCase):
     out, grads = self.variant(lambda *qkv: cases.grads(fast, qkv))(*qkv)
     expected_out, expected_grads = _longformer_oracle(qkv, global_mask, padding_mask,
                                                       window=window, dilation=dilation)
-    chex.assert_shape(out, qkv[0].shape)
-    chex.assert_type(out, dtype)
-    chex.assert_tree_all_finite((out, grads))
-    chex.assert_trees_all_close(out.astype(jnp.float32), expected_out, **tol)
-    chex.assert_trees_all_close([g.astype(jnp.float32) for g in grads],
-                                list(expected_grads), **tol)
+    self._assert_matches(out, grads, expected_out, expected_grads, qkv[0].shape, dtype, tol)
 
 
 
