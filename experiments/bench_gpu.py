@@ -181,7 +181,8 @@ def _bench_models(out: str) -> list[dict]:
     print(f"train step: configs/{task}.py (paper, longformer) ...", flush=True)
     stdout, failure = harness.run_child(
         [sys.executable, "-m", "experiments.bench_model",
-         f"--config=configs/{task}.py:attention=longformer", "--steps=3", f"--out={out}"])
+         f"--config=configs/{task}.py:attention=longformer", "--steps=3", f"--out={out}"],
+        cwd=harness.REPO)
     message = f"failed: {failure}" if stdout is None else (stdout.strip().splitlines() or [""])[-1]
     print("  " + message, flush=True)
     results.append({"task": task, "result": message})

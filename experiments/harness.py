@@ -62,8 +62,9 @@ def child_failure(completed: subprocess.CompletedProcess, *, tail: int = 20) -> 
 
 
 def run_child(command: list[str], *, env: dict | None = None,
-              cwd: str | None = REPO) -> tuple[str | None, str]:
-  """Runs a process to its end; returns (its stdout, "") or (None, why it failed)."""
+              cwd: str | None = None) -> tuple[str | None, str]:
+  """Runs a process to its end (in `cwd`, else this process's folder); returns (its stdout,
+  "") or (None, why it failed)."""
   completed = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False,
                              env=env)
   if completed.returncode == 0:
@@ -217,7 +218,7 @@ def cores() -> int:
 
 def commit() -> str | None:
   """The repository's commit, short, or None outside a git checkout."""
-  stdout, _ = run_child(["git", "rev-parse", "--short", "HEAD"])
+  stdout, _ = run_child(["git", "rev-parse", "--short", "HEAD"], cwd=REPO)
   return (stdout or "").strip() or None
 
 
