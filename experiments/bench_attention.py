@@ -29,7 +29,6 @@ Writes bench.csv, bench.md, bench.json (every raw time) and bench.png in --out.
 """
 
 import dataclasses
-import functools
 import importlib.metadata
 import os
 import statistics
@@ -271,17 +270,9 @@ def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
   shape = (setup.batch, length, setup.heads, setup.head_dim)
   *inputs, cotangent = harness.random_inputs(spec.inputs + 1, shape, setup.dtype)
   setup_rss_gb = harness.rss_gb()
-
-  @jax.jit
-  def forward_backward(cotangent, *arrays):
-    # The gradients of every input for a fixed random output gradient, as a model's
-    # backward hands the layer. (Under a loss like sum(output) the output's gradient would
-    # be a constant, which XLA folds into the backward.)
-    _, pullback = jax.vjp(spec.attend, *arrays)
-    return pullback(cotangent)
-
-  step = functools.partial(forward_backward, cotangent)
-  timing = harness.time_jax_calls(lambda: step(*inputs), _WARMUP.value, _REPEATS.value)
+  step = harness.forward_backward(spec.attend)
+  timing = harness.time_jax_calls(lambda: step(cotangent, *inputs), _WARMUP.value,
+                                  _REPEATS.value)
   return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": harness.peak_rss_gb()}
 
 
@@ -319,7 +310,7 @@ def _run_hf(length: int) -> dict:
   return record
 
 
-def _measure(mechanism: str, length: int, setup: Setup, memory_limit_gb: float) -> dict:
+def _measure(mechanism: str, length: int, setup: Setup) -> dict:
   """The record of one (mechanism, length), measured in a fresh process, or why not."""
   if mechanism == HF_MECHANISM:
     return _run_hf(length)
@@ -327,7 +318,7 @@ def _measure(mechanism: str, length: int, setup: Setup, memory_limit_gb: float) 
   if measured(mechanism, setup).quadratic:
     scores_gb = setup.batch * setup.heads * length**2 * 4 / 1e9
     skip = harness.quadratic_skip(length, scores_gb, full_max_length=_FULL_MAX_LENGTH.value,
-                                  memory_limit_gb=memory_limit_gb, what="score tensor")
+                                  memory_limit_gb=_MEMORY_LIMIT_GB.value, what="score tensor")
   return {"status": skip} if skip else _run_self(f"{mechanism}:{length}")
 
 
@@ -492,9 +483,6 @@ def main(argv):
     if setup.dtype != "float32" or setup.batch != 1:
       raise errors.ConfigError("--hf_python measures HF at float32 and batch 1 only: drop "
                                "--hf_python, or use --dtype=float32 --batch=1")
-  memory_limit_gb = _MEMORY_LIMIT_GB.value
-  if memory_limit_gb is None:
-    memory_limit_gb = harness.half_the_memory_gb()
   lengths = [int(n) for n in _LENGTHS.value]
 
   plan = _plan(lengths)
@@ -508,7 +496,7 @@ def main(argv):
         matmul_records[length].append(_run_self(f"matmul:{_MATMUL_SIZE.value}"))
         print(_progress(matmul_records[length][-1]), flush=True)
       print(f"{rounds}[{index}/{len(plan)}] {name} length {length} ...", flush=True)
-      records[name, length].append(_measure(name, length, setup, memory_limit_gb))
+      records[name, length].append(_measure(name, length, setup))
       print(_progress(records[name, length][-1]), flush=True)
 
   matmuls = [{"length": length, **_pool(matmul_records[length])} for length in lengths]

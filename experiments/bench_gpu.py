@@ -124,15 +124,10 @@ def _unmet(requirement) -> str | None:
 
 def measure(attend, shape, dtype: str) -> dict:
   """Times `attend`'s forward + backward on random inputs of `shape`."""
-  q, k, v, cotangent = harness.random_inputs(4, shape, dtype)
-
-  @jax.jit
-  def step(q, k, v, cotangent):
-    _, pullback = jax.vjp(attend, q, k, v)
-    return pullback(cotangent)
-
-  memory = harness.compiled_memory_gb(step.lower(q, k, v, cotangent).compile())
-  timing = harness.time_jax_calls(lambda: step(q, k, v, cotangent), FLAGS.warmup,
+  *inputs, cotangent = harness.random_inputs(4, shape, dtype)
+  step = harness.forward_backward(attend)
+  memory = harness.compiled_memory_gb(step.lower(cotangent, *inputs).compile())
+  timing = harness.time_jax_calls(lambda: step(cotangent, *inputs), FLAGS.warmup,
                                   FLAGS.repeats)
   return {**timing, "memory_gb": memory and memory["memory_gb"]}
 

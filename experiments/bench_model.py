@@ -100,11 +100,9 @@ def main(argv):
     return
   args = [a for a in sys.argv[1:] if not a.startswith("--out")]
   print(f"measuring {_CONFIG.value.task} ({_CONFIG.value.attention.name}) ...", flush=True)
-  result = harness.measure_in_child([sys.executable, "-m", "experiments.bench_model", *args,
-                                     "--in_process"])
-  status = result.pop("status")
-  if status != "ok":
-    sys.exit(f"error: the measurement {status}")
+  result = harness.measure_in_child_or_exit(
+      [sys.executable, "-m", "experiments.bench_model", *args, "--in_process"],
+      "the measurement")
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, "bench_model.jsonl"), "a") as f:
     f.write(json.dumps(result) + "\n")

@@ -83,29 +83,21 @@ def measure() -> dict:
           "versions": f"jax {jax.__version__}", "device": jax.devices()[0].device_kind}
 
 
-def _measured(who: str, command: list[str]) -> dict:
-  """The record of a measuring process, or the end of this run with why it failed."""
-  record = harness.measure_in_child(command)
-  status = record.pop("status")
-  if status != "ok":
-    sys.exit(f"error: {who} measurement {status}")
-  return record
-
-
 def _ours() -> dict:
   args = [a for a in sys.argv[1:] if not a.startswith(("--out", "--hf_python"))]
-  return _measured("our", [sys.executable, "-m", "experiments.bench_pretrained", *args,
-                           "--in_process"])
+  return harness.measure_in_child_or_exit(
+      [sys.executable, "-m", "experiments.bench_pretrained", *args, "--in_process"],
+      "our measurement")
 
 
 def _huggingface() -> dict:
   script = os.path.join(harness.REPO, "experiments", "bench_hf_longformer.py")
-  record = _measured("HF's", [
+  record = harness.measure_in_child_or_exit([
       _HF_PYTHON.value, script, "--model", "--child", f"--lengths={_LENGTH.value}",
       f"--layers={_LAYERS.value}", f"--heads={_HEADS.value}", f"--head_dim={HEAD_DIM}",
       f"--window={_WINDOW.value}", f"--global_tokens={_GLOBAL.value}",
       f"--repeats={_STEPS.value}", "--warmup=1", f"--threads={harness.cores()}"]
-      + (["--remat"] if _REMAT.value else []))
+      + (["--remat"] if _REMAT.value else []), "HF's measurement")
   versions, _ = harness.run_child(
       [_HF_PYTHON.value, "-c", "import torch, transformers; "
        "print(f'torch {torch.__version__}, transformers {transformers.__version__}')"])

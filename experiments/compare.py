@@ -342,7 +342,7 @@ def main(argv):
     settings = efficiency.Settings(
         lengths=tuple(int(n) for n in _LENGTHS.value), batch=_BATCH.value, steps=_STEPS.value,
         full_max_length=_FULL_MAX_LENGTH.value,
-        memory_limit_gb=_MEMORY_LIMIT_GB.value or harness.half_the_memory_gb(),
+        memory_limit_gb=_MEMORY_LIMIT_GB.value,
         config_overrides=tuple(_config_overrides()))
     print(efficiency.run(configs, task, _SIZE.value, settings, out=_WORKDIR.value,
                          command=_command()))

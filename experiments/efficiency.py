@@ -33,7 +33,7 @@ class Settings:
   batch: int
   steps: int  # timed steps after the compiling one
   full_max_length: int  # longest length of the quadratic variants
-  memory_limit_gb: float  # largest estimated memory of a quadratic variant
+  memory_limit_gb: float | None  # largest estimated memory of a quadratic variant
   config_overrides: tuple[str, ...] = ()  # `--config.field=value` of every measurement
 
 

@@ -2,7 +2,8 @@
 
   - process isolation: `measure_in_child` runs a measuring process whose last stdout line
     is its JSON record, so that its peak memory is its own;
-  - timing: `time_calls` (warm-up calls, then the median of the timed ones);
+  - timing: `time_calls` (warm-up calls, then the median of the timed ones), of a step such
+    as `forward_backward`'s;
   - memory: `peak_rss_gb` (the process's high-water mark), `compiled_memory_gb` (XLA's
     footprint of a compiled program);
   - the machine: `matmul_rate` (what the benchmarks put their rates in proportion to),
@@ -28,8 +29,6 @@ from typing import Callable, Iterable, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The last "SomeError: message" line of an error text that wraps a traceback.
 ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.*)$")
-# glibc's malloc on transparent huge pages (no effect without glibc >= 2.35).
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,11 +37,11 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
 def child_env(*, huge_pages: bool = False, **variables: str) -> dict:
   """This process's environment for a child, with `variables` set, and glibc's malloc on
-  huge pages if `huge_pages`."""
+  huge pages if `huge_pages` (no effect without glibc >= 2.35)."""
   env = dict(os.environ, **variables)
   if huge_pages:
     tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-    env["GLIBC_TUNABLES"] = ":".join(tunables + [HUGE_PAGES_TUNABLE])
+    env["GLIBC_TUNABLES"] = ":".join(tunables + ["glibc.malloc.hugetlb=1"])
   return env
 
 
@@ -83,6 +82,16 @@ def measure_in_child(command: list[str], *, env: dict | None = None) -> dict:
   return {"status": "ok", **json.loads(stdout.strip().splitlines()[-1])}
 
 
+def measure_in_child_or_exit(command: list[str], what: str) -> dict:
+  """`measure_in_child`'s record, less its status; a failure ends this process with
+  `error: <what> failed: <why>`."""
+  record = measure_in_child(command)
+  status = record.pop("status")
+  if status != "ok":
+    sys.exit(f"error: {what} {status}")
+  return record
+
+
 def print_record(record: dict) -> None:
   """Prints a measuring process's record for `measure_in_child`."""
   print(json.dumps(record), flush=True)
@@ -110,6 +119,15 @@ def time_jax_calls(step: Callable[[], object], warmup: int, repeats: int) -> dic
   return time_calls(lambda: jax.block_until_ready(step()), warmup, repeats)
 
 
+def forward_backward(attend: Callable[..., object]) -> Callable[..., object]:
+  """`step(cotangent, *inputs)`: the jitted forward of `attend(*inputs)` and the `jax.vjp`
+  pullback of the output gradient `cotangent` to every input."""
+  import jax  # pylint: disable=g-import-not-at-top
+  # A real output gradient, as a model's backward hands the layer: under a loss like
+  # sum(output) it would be a constant, which XLA folds into the backward.
+  return jax.jit(lambda cotangent, *inputs: jax.vjp(attend, *inputs)[1](cotangent))
+
+
 def peak_rss_gb() -> float:
   """This process's peak RSS in GB (1e9 bytes)."""
   # VmHWM is the high-water mark of this process's own memory. ru_maxrss is not: Linux
@@ -132,12 +150,6 @@ def rss_gb() -> float:
   return psutil.Process().memory_info().rss / 1e9
 
 
-def half_the_memory_gb() -> float:
-  """The default memory limit of the quadratic rows: half of this machine's memory, GB."""
-  import psutil  # pylint: disable=g-import-not-at-top
-  return psutil.virtual_memory().total / 2e9
-
-
 def compiled_memory_gb(compiled) -> dict | None:
   """XLA's memory analysis of a compiled program, GB: its arguments, outputs and
   temporaries, and `memory_gb`, what one device holds (their sum less what aliases)."""
@@ -152,11 +164,15 @@ def compiled_memory_gb(compiled) -> dict | None:
 
 
 def quadratic_skip(length: int, estimate_gb: float, *, full_max_length: int,
-                   memory_limit_gb: float, what: str) -> str | None:
+                   memory_limit_gb: float | None, what: str) -> str | None:
   """Why a row that builds `[length, length]` scores is not measured at `length`, or None;
-  `estimate_gb` is its memory, `what` names that estimate."""
+  `estimate_gb` is its memory, `what` names that estimate, and the memory limit is half of
+  this machine's by default."""
   if length > full_max_length:
     return f"skipped: length > --full_max_length={full_max_length}"
+  if memory_limit_gb is None:
+    import psutil  # pylint: disable=g-import-not-at-top
+    memory_limit_gb = psutil.virtual_memory().total / 2e9
   if estimate_gb > memory_limit_gb:
     return (f"skipped: its {estimate_gb:.1f} GB {what} > "
             f"--memory_limit_gb={memory_limit_gb:.1f}")
@@ -245,14 +261,6 @@ def write_json(path: str, value) -> None:
   os.replace(tmp, path)
 
 
-def write_csv(path: str, columns: Sequence[str], rows: list[dict]) -> None:
-  """One line per row, of `columns` (other keys left out, missing ones empty)."""
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-
-
 def write_outputs(folder: str, stem: str, *, markdown: str, columns: Sequence[str] = (),
                   rows: list[dict] = (), record=None, figure: dict | None = None) -> None:
   """Writes `<stem>.md` in `folder` (made if missing), and where given `<stem>.csv` (`rows`
@@ -262,8 +270,11 @@ def write_outputs(folder: str, stem: str, *, markdown: str, columns: Sequence[st
   path = os.path.join(folder, stem)
   with open(path + ".md", "w") as f:
     f.write(markdown)
-  if columns:
-    write_csv(path + ".csv", columns, rows)
+  if columns:  # one line per row; keys outside `columns` left out, missing ones empty
+    with open(path + ".csv", "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+      writer.writeheader()
+      writer.writerows(rows)
   if record is not None:
     write_json(path + ".json", record)
   if figure is not None:

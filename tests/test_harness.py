@@ -82,6 +82,8 @@ def test_quadratic_skip_names_the_limit_it_passes():
   assert skip(64, 0.5) is None
   assert skip(128, 0.5) == "skipped: length > --full_max_length=64"
   assert skip(64, 2.0) == "skipped: its 2.0 GB score tensor > --memory_limit_gb=1.0"
+  assert harness.quadratic_skip(64, 1e6, full_max_length=64, memory_limit_gb=None,
+                                what="score tensor").startswith("skipped: its 1000000.0 GB")
 
 
 def test_markdown_table():
