@@ -185,16 +185,11 @@ def _time_steps(args, step, length, base_rss_gb):
   }
 
 
-def _run_child(args, length):
+def _run_child(length):
   """Re-invokes this script on one length; returns its record, or None if it failed."""
-  command = [
-      sys.executable, os.path.abspath(__file__), "--child",
-      f"--lengths={length}", f"--repeats={args.repeats}",
-      f"--warmup={args.warmup}", f"--threads={args.threads}",
-      f"--heads={args.heads}", f"--head_dim={args.head_dim}",
-      f"--window={args.window}", f"--layers={args.layers}",
-      f"--global_tokens={args.global_tokens}",
-  ] + (["--model"] if args.model else []) + (["--remat"] if args.remat else [])
+  # This run's arguments, then one length: argparse keeps an option's last value.
+  command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--child",
+             f"--lengths={length}"]
   record = harness.measure_in_child(command)
   status = record.pop("status")
   if status == "ok":
@@ -243,7 +238,7 @@ def main():
         f"one-sided window {args.window}, {args.warmup} warmup + {args.repeats} repeats")
   results = []
   for length in args.lengths:
-    record = _run_child(args, length)
+    record = _run_child(length)
     if record is None:
       continue
     results.append(record)
