@@ -28,34 +28,24 @@ a method (masked-out scores, padding blocks, recomputation) lowers its useful ra
 Writes bench.csv, bench.md, bench.json (every raw time) and bench.png in --out.
 """
 
-import csv
 import dataclasses
-import functools
 import importlib.metadata
-import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from typing import Callable, Sequence
 
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
-import psutil
 
 from experiments import cli
+from experiments import harness
 from lra import attention
 from lra import errors
 from lra.attention import common
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HF_SCRIPT = os.path.join(REPO, "experiments", "bench_hf_longformer.py")
+HF_SCRIPT = os.path.join(harness.REPO, "experiments", "bench_hf_longformer.py")
 HF_MECHANISM = "hf_longformer"
 BANDED_BASELINE = "jax_nn_banded"
 # Positions of Longformer's global tokens: the first one, like a classifier's [CLS].
@@ -165,7 +155,7 @@ class Measured:
   quadratic: bool = False
 
 
-def _global_mask(shape) -> np.ndarray:
+def global_token_mask(shape) -> np.ndarray:
   # A numpy constant, as a model with a fixed [CLS]-like global token passes it.
   global_mask = np.zeros(shape, bool)
   global_mask[:, list(GLOBAL_POSITIONS)] = True
@@ -184,13 +174,13 @@ def _measured_variant(name: str, setup: Setup) -> Measured:
   global_positions = GLOBAL_POSITIONS if bound.uses_global else ()
 
   def attend(q, k, v, *global_qkv):
-    global_mask = _global_mask(q.shape[:2]) if bound.uses_global else None
+    global_mask = global_token_mask(q.shape[:2]) if bound.uses_global else None
     return bound(q, k, v, global_mask=global_mask, global_qkv=global_qkv or None)
 
   def count_pairs(length: int) -> int:
     if mechanism.pattern is not attention.window_pattern:  # no closed form: count the mask
       return int(np.sum(bound.pattern(length, global_mask=(
-          _global_mask((1, length)) if global_positions else None))))
+          global_token_mask((1, length)) if global_positions else None))))
     options = dict(bound.options)
     return pattern_pairs(length, options.get("window"),
                          common.dilation_per_head(options.get("dilation", 1), setup.heads),
@@ -275,75 +265,23 @@ def useful_gflop(mechanism: str, length: int, setup: Setup) -> float:
 # One measurement, in a fresh process.
 
 
-def _peak_rss_gb() -> float:
-  """This process's peak RSS in GB (1e9 bytes)."""
-  # VmHWM is the high-water mark of this process's own memory. ru_maxrss is not: Linux
-  # carries a parent's RSS at fork into the child's ru_maxrss across exec, so every child
-  # would report at least the size of this script's parent process.
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024 / 1e9
-  except OSError:
-    pass
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return (peak if sys.platform == "darwin" else peak * 1024) / 1e9
-
-
-def _time_calls(step: Callable[[], object], warmup: int, repeats: int) -> dict:
-  """Seconds of each call: `warmup` untimed ones (the first compiles), then `repeats`."""
-  times = []
-  for _ in range(warmup + repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step())
-    times.append(time.perf_counter() - start)
-  return {"warmup_s": times[:warmup], "times_s": times[warmup:],
-          "median_s": statistics.median(times[warmup:])}
-
-
-def _random_inputs(count: int, shape, dtype: str):
-  # Drawn by numpy: jax.random would compile a few ops first, seconds on a small machine.
-  rng = np.random.default_rng(0)
-  return jax.block_until_ready(
-      [jax.device_put(rng.standard_normal(shape, np.float32).astype(jnp.dtype(dtype)))
-       for _ in range(count)])
-
-
 def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
   spec = measured(mechanism, setup)
   shape = (setup.batch, length, setup.heads, setup.head_dim)
-  *inputs, cotangent = _random_inputs(spec.inputs + 1, shape, setup.dtype)
-  setup_rss_gb = psutil.Process().memory_info().rss / 1e9
-
-  @jax.jit
-  def forward_backward(cotangent, *arrays):
-    # The gradients of every input for a fixed random output gradient, as a model's
-    # backward hands the layer. (Under a loss like sum(output) the output's gradient would
-    # be a constant, which XLA folds into the backward.)
-    _, pullback = jax.vjp(spec.attend, *arrays)
-    return pullback(cotangent)
-
-  step = functools.partial(forward_backward, cotangent)
-  timing = _time_calls(lambda: step(*inputs), _WARMUP.value, _REPEATS.value)
-  return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": _peak_rss_gb()}
-
-
-def measure_matmul(n: int, dtype: str) -> dict:
-  a, b = _random_inputs(2, (n, n), dtype)
-  # At least 20 steps: one takes a fraction of a second, and it sets every row's proportion.
-  timing = _time_calls(lambda: jnp.matmul(a, b), _WARMUP.value, max(_REPEATS.value, 20))
-  device = jax.devices()[0]
-  kind = "" if device.device_kind == device.platform else f" ({device.device_kind})"
-  return {**timing, "gflops": 2 * n**3 / timing["median_s"] / 1e9,
-          "device": device.platform + kind}
+  *inputs, cotangent = harness.random_inputs(spec.inputs + 1, shape, setup.dtype)
+  setup_rss_gb = harness.rss_gb()
+  step = harness.forward_backward(spec.attend)
+  timing = harness.time_jax_calls(lambda: step(cotangent, *inputs), _WARMUP.value,
+                                  _REPEATS.value)
+  return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": harness.peak_rss_gb()}
 
 
 def measure_one(spec: str, setup: Setup) -> dict:
   """Runs `mechanism:length` or `matmul:n` (the `--_one` mode)."""
   name, _, size = spec.partition(":")
   if name == "matmul":
-    return measure_matmul(int(size), setup.dtype)
+    return harness.matmul_rate(int(size), setup.dtype, warmup=_WARMUP.value,
+                               repeats=_REPEATS.value)
   return measure_attention(name, int(size), setup)
 
 
@@ -351,70 +289,36 @@ def measure_one(spec: str, setup: Setup) -> dict:
 # The driver: subprocesses, tables, figure.
 
 
-def _child_env() -> dict:
-  env = dict(os.environ)
-  if _HUGE_PAGES.value:
-    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-    env["GLIBC_TUNABLES"] = ":".join(tunables + ["glibc.malloc.hugetlb=1"])
-  return env
-
-
-def _run(command: list[str]) -> tuple[str | None, str]:
-  """Runs a measuring process; returns (stdout, "") or (None, why it failed)."""
-  completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False,
-                             env=_child_env())
-  if completed.returncode == 0:
-    return completed.stdout, ""
-  if completed.returncode < 0:
-    return None, f"killed by signal {-completed.returncode} (out of memory?)"
-  return None, cli.child_failure(completed)
-
-
 def _run_self(spec: str) -> dict:
   """Measures `spec` (see `measure_one`) in a fresh process of this script."""
   passed = ("window", "heads", "head_dim", "batch", "dtype", "dilations", "repeats", "warmup")
-  stdout, failure = _run([sys.executable, "-m", "experiments.bench_attention", f"--_one={spec}",
-                          *(flags.FLAGS[name].serialize() for name in passed)])
-  if stdout is None:
-    return {"status": f"failed: {failure}"}
-  # The record is the last line; libraries may print before it.
-  return {"status": "ok", **json.loads(stdout.strip().splitlines()[-1])}
+  return harness.measure_in_child(
+      [sys.executable, "-m", "experiments.bench_attention", f"--_one={spec}",
+       *(flags.FLAGS[name].serialize() for name in passed)],
+      env=harness.child_env(huge_pages=_HUGE_PAGES.value))
 
 
 def _run_hf(length: int) -> dict:
-  """Times HF's Longformer layer at one length with its own script and interpreter."""
-  with tempfile.TemporaryDirectory() as folder:
-    path = os.path.join(folder, "hf.json")
-    stdout, failure = _run([
-        _HF_PYTHON.value, HF_SCRIPT, f"--lengths={length}", f"--repeats={_REPEATS.value}",
-        f"--warmup={_WARMUP.value}", f"--heads={_HEADS.value}", f"--head_dim={_HEAD_DIM.value}",
-        f"--window={_WINDOW.value}", f"--out={path}"])
-    if stdout is None:
-      return {"status": f"failed: {failure}"}
-    with open(path) as f:
-      record = json.load(f)[0]
-  return {"status": "ok", "times_s": record["times_s"], "median_s": record["median_s"],
-          "setup_rss_gb": record["base_rss_gb"], "peak_rss_gb": record["peak_rss_gb"]}
+  """Times HF's Longformer layer at one length in a fresh process of its own interpreter."""
+  record = harness.measure_in_child(
+      [_HF_PYTHON.value, HF_SCRIPT, "--child", f"--lengths={length}",
+       f"--repeats={_REPEATS.value}", f"--warmup={_WARMUP.value}", f"--heads={_HEADS.value}",
+       f"--head_dim={_HEAD_DIM.value}", f"--window={_WINDOW.value}"],
+      env=harness.child_env(huge_pages=_HUGE_PAGES.value))
+  if record["status"] == "ok":
+    record["setup_rss_gb"] = record.pop("base_rss_gb")
+  return record
 
 
-def _skip_reason(mechanism: str, length: int, setup: Setup,
-                 memory_limit_gb: float) -> str | None:
-  if not measured(mechanism, setup).quadratic:
-    return None
-  if length > _FULL_MAX_LENGTH.value:
-    return f"skipped: length > --full_max_length={_FULL_MAX_LENGTH.value}"
-  scores_gb = setup.batch * setup.heads * length**2 * 4 / 1e9
-  if scores_gb > memory_limit_gb:
-    return (f"skipped: its {scores_gb:.1f} GB score tensor > "
-            f"--memory_limit_gb={memory_limit_gb:.1f}")
-  return None
-
-
-def _measure(mechanism: str, length: int, setup: Setup, memory_limit_gb: float) -> dict:
+def _measure(mechanism: str, length: int, setup: Setup) -> dict:
   """The record of one (mechanism, length), measured in a fresh process, or why not."""
   if mechanism == HF_MECHANISM:
     return _run_hf(length)
-  skip = _skip_reason(mechanism, length, setup, memory_limit_gb)
+  skip = None
+  if measured(mechanism, setup).quadratic:
+    scores_gb = setup.batch * setup.heads * length**2 * 4 / 1e9
+    skip = harness.quadratic_skip(length, scores_gb, full_max_length=_FULL_MAX_LENGTH.value,
+                                  memory_limit_gb=_MEMORY_LIMIT_GB.value, what="score tensor")
   return {"status": skip} if skip else _run_self(f"{mechanism}:{length}")
 
 
@@ -429,23 +333,11 @@ def _plan(lengths: list[int]) -> list[tuple[str, int]]:
           for name in names + ([HF_MECHANISM] if n in hf_lengths else [])]
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def _machine(matmuls: list[dict], setup: Setup) -> dict:
   rates = [m["gflops"] for m in matmuls if m.get("gflops")]
   return {
-      "cpu": _cpu_model(),
-      "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count(),
+      "cpu": harness.cpu_model(),
+      "cores": harness.cores(),
       "device": next((m["device"] for m in matmuls if m.get("device")), None),
       "jax": importlib.metadata.version("jax"),
       "matmul_n": _MATMUL_SIZE.value,
@@ -501,16 +393,13 @@ def _finish_row(row: dict, setup: Setup, matmul_gflops: float | None) -> dict:
   return row
 
 
-def _fmt(value, spec: str) -> str:
-  return "" if value is None else format(value, spec)
-
-
 def markdown(rows: list[dict], machine: dict) -> str:
   matmul = "not measured"
   if machine["matmul_gflops"]:
     low, high = machine["matmul_gflops_range"]
     matmul = (f"median {machine['matmul_gflops']:.1f} GFLOP/s over the lengths (from "
               f"{low:.1f} to {high:.1f})")
+  fmt = harness.fmt
   lines = [
       "# Attention benchmark: forward + backward",
       "",
@@ -525,18 +414,16 @@ def markdown(rows: list[dict], machine: dict) -> str:
       "matmuls over exactly the keys each query sees, per second. RSS in GB (1e9 bytes) of "
       "the measuring process: after setup (inputs allocated, before compiling) and peak.",
       "",
-      "| mechanism | length | median time (s) | useful GFLOP/s | matmul GFLOP/s (this length) "
-      "| % of matmul rate | setup RSS (GB) | peak RSS (GB) | note |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+      *harness.markdown_table(
+          ["mechanism", "length", "median time (s)", "useful GFLOP/s",
+           "matmul GFLOP/s (this length)", "% of matmul rate", "setup RSS (GB)",
+           "peak RSS (GB)", "note"], "lrrrrrrrl",
+          ([row["mechanism"], row["length"], fmt(row.get("median_s"), ".4f"),
+            fmt(row.get("useful_gflops"), ".2f"), fmt(row.get("matmul_gflops"), ".1f"),
+            fmt(row.get("pct_of_matmul"), ".1f"), fmt(row.get("setup_rss_gb"), ".2f"),
+            fmt(row.get("peak_rss_gb"), ".2f"), "" if row["status"] == "ok" else row["status"]]
+           for row in rows)),
   ]
-  for row in rows:
-    note = "" if row["status"] == "ok" else row["status"]
-    lines.append(
-        f"| {row['mechanism']} | {row['length']} | {_fmt(row.get('median_s'), '.4f')} "
-        f"| {_fmt(row.get('useful_gflops'), '.2f')} | {_fmt(row.get('matmul_gflops'), '.1f')} "
-        f"| {_fmt(row.get('pct_of_matmul'), '.1f')} "
-        f"| {_fmt(row.get('setup_rss_gb'), '.2f')} | {_fmt(row.get('peak_rss_gb'), '.2f')} "
-        f"| {note} |")
   return "\n".join(lines) + "\n"
 
 
@@ -567,32 +454,19 @@ def key_ratios(rows: list[dict]) -> list[str]:
   return lines
 
 
-def plot(rows: list[dict], machine: dict, path: str) -> None:
-  """Time and peak RSS against length, log-log, one line per mechanism."""
-  # Imported here: the measuring subprocesses never plot, and would pay for the import.
-  from experiments import plotting  # pylint: disable=g-import-not-at-top
-  plotting.versus_length(
-      rows, path, name_key="mechanism",
-      panels=[("median_s", "seconds per step", "forward + backward time"),
-              ("peak_rss_gb", "peak RSS (GB)", "peak memory")],
-      title=f"window {machine['window']}, {machine['heads']} heads x {machine['head_dim']}, "
-            f"batch {machine['batch']}, {machine['dtype']}, {machine['cpu']} "
-            f"({machine['cores']} cores)")
-
-
 def write_outputs(rows: list[dict], machine: dict, matmuls: list[dict], out: str) -> str:
-  """Writes bench.{csv,md,json,png} and returns the Markdown."""
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "bench.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
+  """Writes bench.{csv,md,json,png} and returns the Markdown table."""
   text = markdown(rows, machine)
-  with open(os.path.join(out, "bench.md"), "w") as f:
-    f.write(text + "\n" + "\n".join(f"- {line}" for line in key_ratios(rows)) + "\n")
-  with open(os.path.join(out, "bench.json"), "w") as f:
-    json.dump({"machine": machine, "matmuls": matmuls, "rows": rows}, f, indent=2)
-  plot(rows, machine, os.path.join(out, "bench.png"))
+  ratios = "\n".join(f"- {line}" for line in key_ratios(rows))
+  harness.write_outputs(
+      out, "bench", markdown=f"{text}\n{ratios}\n", columns=CSV_COLUMNS, rows=rows,
+      record={"machine": machine, "matmuls": matmuls, "rows": rows},
+      figure=dict(name_key="mechanism",
+                  panels=[("median_s", "seconds per step", "forward + backward time"),
+                          ("peak_rss_gb", "peak RSS (GB)", "peak memory")],
+                  title=f"window {machine['window']}, {machine['heads']} heads x "
+                        f"{machine['head_dim']}, batch {machine['batch']}, {machine['dtype']}, "
+                        f"{machine['cpu']} ({machine['cores']} cores)"))
   return text
 
 
@@ -601,7 +475,7 @@ def main(argv):
     raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   setup = Setup.from_flags()
   if _ONE.value:
-    print(json.dumps(measure_one(_ONE.value, setup)))
+    harness.print_record(measure_one(_ONE.value, setup))
     return
   if _HF_PYTHON.value:
     if not os.access(_HF_PYTHON.value, os.X_OK):
@@ -609,9 +483,6 @@ def main(argv):
     if setup.dtype != "float32" or setup.batch != 1:
       raise errors.ConfigError("--hf_python measures HF at float32 and batch 1 only: drop "
                                "--hf_python, or use --dtype=float32 --batch=1")
-  memory_limit_gb = _MEMORY_LIMIT_GB.value
-  if memory_limit_gb is None:
-    memory_limit_gb = psutil.virtual_memory().total / 2e9
   lengths = [int(n) for n in _LENGTHS.value]
 
   plan = _plan(lengths)
@@ -625,7 +496,7 @@ def main(argv):
         matmul_records[length].append(_run_self(f"matmul:{_MATMUL_SIZE.value}"))
         print(_progress(matmul_records[length][-1]), flush=True)
       print(f"{rounds}[{index}/{len(plan)}] {name} length {length} ...", flush=True)
-      records[name, length].append(_measure(name, length, setup, memory_limit_gb))
+      records[name, length].append(_measure(name, length, setup))
       print(_progress(records[name, length][-1]), flush=True)
 
   matmuls = [{"length": length, **_pool(matmul_records[length])} for length in lengths]

@@ -21,14 +21,15 @@ the defaults).
 
 Each length runs in a fresh subprocess (the script re-invokes itself with one
 length), so the peak RSS of one length does not carry into the next. Peak RSS is
-the child's `ru_maxrss`, which includes the interpreter, torch and
+the child's high-water mark, which includes the interpreter, torch and
 transformers; `base_rss_gb` is the child's RSS after imports and input setup,
 before the first step, so `peak_rss_gb - base_rss_gb` is roughly what the
 attention itself needed. GB here is 10**9 bytes.
 
 This script is never a dependency of the project: torch and transformers are
 not in `requirements.txt` or `pyproject.toml`, nothing in the project imports
-this file, and it imports neither jax nor `lra`. Install them in a scratch
+this file, and it imports neither jax nor `lra` (only `experiments/harness.py`,
+which needs neither, for its timing, memory reading and child processes). Install them in a scratch
 virtual environment outside the repository:
 
   python3 -m venv /tmp/hfvenv && \
@@ -58,16 +59,15 @@ the project's model:
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
-import psutil
 import torch
 import transformers
 from transformers.models.longformer import modeling_longformer
+
+# Run as a file by another interpreter: the harness is found from the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _PROJECTIONS = ("query", "key", "value", "query_global", "key_global", "value_global")
 
@@ -85,15 +85,6 @@ class _FreshIdentity(torch.nn.Identity):
 
   def forward(self, x):
     return x.clone()
-
-
-def _default_threads():
-  # The cores this process may run on, which is what torch can actually use;
-  # os.cpu_count() would count cores outside a restricted affinity mask.
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
 
 
 def _parse_lengths(text):
@@ -152,7 +143,7 @@ def _measure_one_length(args, length):
   torch.manual_seed(0)
   if args.model:
     step = _model_step(args, length)
-    base_rss_gb = psutil.Process().memory_info().rss / 1e9
+    base_rss_gb = harness.rss_gb()
     return _time_steps(args, step, length, base_rss_gb)
   layer = _build_layer(args)
   hidden = args.heads * args.head_dim
@@ -167,7 +158,7 @@ def _measure_one_length(args, length):
   is_index_global_attn = attention_mask > 0
   # A Python bool, as HF computes it with .item(); False skips the global paths.
   is_global_attn = bool(is_index_global_attn.flatten().any().item())
-  base_rss_gb = psutil.Process().memory_info().rss / 1e9
+  base_rss_gb = harness.rss_gb()
 
   def step():
     x.grad = None
@@ -184,43 +175,27 @@ def _measure_one_length(args, length):
 
 
 def _time_steps(args, step, length, base_rss_gb):
-  for _ in range(args.warmup):
-    step()
-  times = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  # ru_maxrss is in KB on Linux (bytes on macOS).
-  peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  peak_bytes = peak_kb if sys.platform == "darwin" else peak_kb * 1024
+  timing = harness.time_calls(step, args.warmup, args.repeats)
   return {
       "length": length,
-      "median_s": statistics.median(times),
-      "times_s": times,
-      "peak_rss_gb": peak_bytes / 1e9,
+      "median_s": timing["median_s"],
+      "times_s": timing["times_s"],
+      "peak_rss_gb": harness.peak_rss_gb(),
       "base_rss_gb": base_rss_gb,
   }
 
 
-def _run_child(args, length):
-  """Re-invokes this script on one length and returns its record."""
-  command = [
-      sys.executable, os.path.abspath(__file__), "--child",
-      f"--lengths={length}", f"--repeats={args.repeats}",
-      f"--warmup={args.warmup}", f"--threads={args.threads}",
-      f"--heads={args.heads}", f"--head_dim={args.head_dim}",
-      f"--window={args.window}", f"--layers={args.layers}",
-      f"--global_tokens={args.global_tokens}",
-  ] + (["--model"] if args.model else []) + (["--remat"] if args.remat else [])
-  # stderr passes through so a crash in the child shows its traceback.
-  completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-  if completed.returncode != 0:
-    print(f"length {length}: child exited with {completed.returncode}", file=sys.stderr)
-    return None
-  # The record is the child's last stdout line; anything before it is chatter
-  # from libraries.
-  return json.loads(completed.stdout.strip().splitlines()[-1])
+def _run_child(length):
+  """Re-invokes this script on one length; returns its record, or None if it failed."""
+  # This run's arguments, then one length: argparse keeps an option's last value.
+  command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--child",
+             f"--lengths={length}"]
+  record = harness.measure_in_child(command)
+  status = record.pop("status")
+  if status == "ok":
+    return record
+  print(f"length {length}: the measurement {status}", file=sys.stderr)
+  return None
 
 
 def main():
@@ -229,7 +204,7 @@ def main():
                       help="Comma-separated sequence lengths, multiples of 2 * window.")
   parser.add_argument("--repeats", type=int, default=5, help="Timed steps per length.")
   parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per length first.")
-  parser.add_argument("--threads", type=int, default=_default_threads(),
+  parser.add_argument("--threads", type=int, default=harness.cores(),
                       help="torch.set_num_threads; defaults to the usable cores.")
   parser.add_argument("--heads", type=int, default=8)
   parser.add_argument("--head_dim", type=int, default=64)
@@ -254,7 +229,7 @@ def main():
 
   if args.child:
     torch.set_num_threads(args.threads)
-    print(json.dumps(_measure_one_length(args, args.lengths[0])))
+    harness.print_record(_measure_one_length(args, args.lengths[0]))
     return
 
   what = f"LongformerModel of {args.layers} layers" if args.model else "attention core"
@@ -263,7 +238,7 @@ def main():
         f"one-sided window {args.window}, {args.warmup} warmup + {args.repeats} repeats")
   results = []
   for length in args.lengths:
-    record = _run_child(args, length)
+    record = _run_child(length)
     if record is None:
       continue
     results.append(record)

@@ -20,7 +20,6 @@ import glob
 import logging
 import os
 import re
-import subprocess
 import sys
 import traceback
 from typing import Callable
@@ -31,11 +30,10 @@ from absl import logging as absl_logging
 from ml_collections import config_dict
 from ml_collections.config_flags import config_flags
 
+from experiments import harness
 import lra
 from lra import errors
 
-# The last "SomeError: message" line of an error text that wraps a traceback.
-_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.*)$")
 # --verbosity / -v, with a value or followed by one.
 _VERBOSITY_ARG = re.compile(r"^--?(?:v|verbosity)(?:=|$)")
 # Folders whose log records are the project's own.
@@ -50,7 +48,7 @@ _CAUSES.propagate = False
 def _one_line(error: BaseException) -> str:
   # A KeyError's str() is the repr of its key.
   text = str(error.args[0] if isinstance(error, KeyError) and error.args else error).strip()
-  matches = [_ERROR_LINE.match(line) for line in text.splitlines()]
+  matches = [harness.ERROR_LINE.match(line) for line in text.splitlines()]
   matches = [m for m in matches if m]
   message = matches[-1].group(2) if matches else text.splitlines()[-1] if text else repr(error)
   return message.strip()
@@ -216,21 +214,6 @@ class _ProjectFormatter(logging.Formatter):
     if record.exc_info:
       message += "\n" + self.formatException(record.exc_info)
     return message
-
-
-def child_failure(completed: subprocess.CompletedProcess, *, tail: int = 20) -> str:
-  """Why a child process failed, in one line: its `error:` line or its last exception line
-  (else its last line). The last `tail` lines of its stderr are printed on this process's
-  stderr, so that what led to the failure shows too."""
-  lines = [line for line in (completed.stderr or "").splitlines() if line.strip()]
-  if lines:
-    print(f"a child process failed (exit {completed.returncode}); the end of its stderr:",
-          file=sys.stderr)
-    print("\n".join(f"  | {line}" for line in lines[-tail:]), file=sys.stderr)
-  errors_seen = [line.strip() for line in lines
-                 if line.startswith("error: ") or _ERROR_LINE.match(line)]
-  last = errors_seen[-1] if errors_seen else lines[-1].strip() if lines else "no output"
-  return f"exit {completed.returncode}: {last}"
 
 
 def run(main: Callable[[list[str]], None]) -> None:
