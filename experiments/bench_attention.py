@@ -107,11 +107,8 @@ _ONE = flags.DEFINE_string(
 flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
 for _name in ("heads", "head_dim", "batch", "repeats", "rounds", "warmup", "matmul_size"):
   flags.register_validator(_name, lambda value: value >= 1, "must be >= 1")
-flags.register_validator("lengths", lambda lengths: all(s.isdigit() and int(s) > 0
-                                                        for s in lengths),
-                         "must be positive integers, e.g. 1024,2048")
-flags.register_validator("dilations", lambda ds: all(s.isdigit() and int(s) > 0 for s in ds),
-                         "must be integers >= 1, e.g. 1,2")
+cli.positive_ints("lengths", "1024,2048")
+cli.positive_ints("dilations", "1,2", allow_empty=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +159,16 @@ def global_token_mask(shape) -> np.ndarray:
   return global_mask
 
 
-def _measured_variant(name: str, setup: Setup) -> Measured:
-  """A registry variant as a config choosing it gets it, at this benchmark's window."""
+def measured(name: str, setup: Setup) -> Measured:
+  """The row `name`: a registry variant as a config choosing it gets it, at this benchmark's
+  window, or a baseline."""
+  band_pairs = lambda length: pattern_pairs(length, setup.window, (1,) * setup.heads)
+  if name == BANDED_BASELINE:
+    return Measured(lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, local_window_size=(setup.window, setup.window), implementation="xla"),
+        band_pairs, quadratic=True)
+  if name == HF_MECHANISM:  # HF's layer runs in its own interpreter (`_run_hf`)
+    return Measured(None, band_pairs)
   mechanism, preset = attention.variants()[name]
   dilation = None
   if preset and "dilation" in preset(setup.heads) and setup.dilations:
@@ -190,42 +195,13 @@ def _measured_variant(name: str, setup: Setup) -> Measured:
                   quadratic=mechanism.quadratic)
 
 
-def _band_pairs(setup: Setup) -> Callable[[int], int]:
-  """The pair count of the undilated band of window w (both baselines compute it)."""
-  return lambda length: pattern_pairs(length, setup.window, (1,) * setup.heads)
-
-
-def _banded(setup: Setup) -> Measured:
-  def attend(q, k, v):
-    return jax.nn.dot_product_attention(
-        q, k, v, local_window_size=(setup.window, setup.window), implementation="xla")
-  return Measured(attend, _band_pairs(setup), quadratic=True)
-
-
-# Rows that are not mechanisms of the registry, by name -> their `Measured`. HF's layer runs
-# in its own interpreter (`_run_hf`); only its pattern is needed here.
-BASELINES: dict[str, Callable[[Setup], Measured]] = {
-    BANDED_BASELINE: _banded,
-    HF_MECHANISM: lambda setup: Measured(None, _band_pairs(setup)),
-}
-
-
 def row_names() -> list[str]:
   """What `--mechanisms` may name: every registry variant, then the baselines (HF's only
   through --hf_python)."""
   return [*attention.variants(), BANDED_BASELINE]
 
 
-def measured(name: str, setup: Setup) -> Measured:
-  if name in BASELINES:
-    return BASELINES[name](setup)
-  return _measured_variant(name, setup)
-
-
-flags.register_validator(
-    "mechanisms", lambda names: names is None or (names and set(names) <= set(row_names())),
-    f"must be a comma-separated subset of the registry variants and baselines "
-    f"({','.join(row_names())})")
+cli.subset_of("mechanisms", row_names(), "the registry variants and baselines")
 
 
 def pattern_pairs(length: int, window: int | None, dilations: Sequence[int],
@@ -265,24 +241,20 @@ def useful_gflop(mechanism: str, length: int, setup: Setup) -> float:
 # One measurement, in a fresh process.
 
 
-def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
-  spec = measured(mechanism, setup)
-  shape = (setup.batch, length, setup.heads, setup.head_dim)
-  *inputs, cotangent = harness.random_inputs(spec.inputs + 1, shape, setup.dtype)
-  setup_rss_gb = harness.rss_gb()
-  step = harness.forward_backward(spec.attend)
-  timing = harness.time_jax_calls(lambda: step(cotangent, *inputs), _WARMUP.value,
-                                  _REPEATS.value)
-  return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": harness.peak_rss_gb()}
-
-
 def measure_one(spec: str, setup: Setup) -> dict:
-  """Runs `mechanism:length` or `matmul:n` (the `--_one` mode)."""
+  """Measures `mechanism:length` or `matmul:n` in this process (the `--_one` mode)."""
   name, _, size = spec.partition(":")
   if name == "matmul":
     return harness.matmul_rate(int(size), setup.dtype, warmup=_WARMUP.value,
                                repeats=_REPEATS.value)
-  return measure_attention(name, int(size), setup)
+  row = measured(name, setup)
+  shape = (setup.batch, int(size), setup.heads, setup.head_dim)
+  *inputs, cotangent = harness.random_inputs(row.inputs + 1, shape, setup.dtype)
+  setup_rss_gb = harness.rss_gb()
+  step = harness.forward_backward(row.attend)
+  timing = harness.time_jax_calls(lambda: step(cotangent, *inputs), _WARMUP.value,
+                                  _REPEATS.value)
+  return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": harness.peak_rss_gb()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,8 +443,7 @@ def write_outputs(rows: list[dict], machine: dict, matmuls: list[dict], out: str
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   setup = Setup.from_flags()
   if _ONE.value:
     harness.print_record(measure_one(_ONE.value, setup))

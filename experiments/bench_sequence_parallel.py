@@ -72,19 +72,17 @@ _CHECK_LENGTH = flags.DEFINE_integer(
     "check_length", 16384, "Length of each stretch checked against the single-device core.")
 # --out, shared with bench_attention, is the folder of the outputs here too.
 flags.FLAGS.set_default("out", "docs")
+PARTS = ("fixed", "search", "big")
 _PARTS = flags.DEFINE_list(
-    "parts", ["fixed", "search", "big"],
+    "parts", list(PARTS),
     "Parts to measure (1, 2, 3 above); the others are kept from the sequence_parallel.json "
     "already in --out, which must be of the same shapes.")
 _MEASURE = flags.DEFINE_string(
     "_measure", None, "Internal: `kind:devices:length:heads` in this process, as one JSON "
     "line (kind: run, compile, search or big).")
 
-PARTS = ("fixed", "search", "big")
-flags.register_validator("parts", lambda parts: set(parts) <= set(PARTS),
-                         f"must be a subset of {','.join(PARTS)}")
-flags.register_validator("sequence_devices", lambda ps: ps and all(
-    s.isdigit() and int(s) >= 1 for s in ps), "must be integers >= 1, e.g. 1,2,4,8")
+cli.subset_of("parts", PARTS, "the parts")
+cli.positive_ints("sequence_devices", "1,2,4,8")
 
 # Result bytes of a collective's output, per device: `f32[1,256,8,64]{...} collective-permute(`.
 _COLLECTIVE = re.compile(r"=\s*(.*?)\s(all-gather|collective-permute|all-reduce|reduce-scatter|"
@@ -395,8 +393,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   setup = bench_attention.Setup.from_flags()
   if _MEASURE.value:
     harness.print_record(measure_one(_MEASURE.value, setup))
@@ -411,9 +408,7 @@ def main(argv):
       "big_length": _BIG_LENGTH.value, "check_length": _CHECK_LENGTH.value,
   }
   out = os.path.join(flags.FLAGS.out, "sequence_parallel")
-  results["measured_by"] = _kept_parts(results, out + ".json")
-  by = {"command": " ".join(["python -m experiments.bench_sequence_parallel", *sys.argv[1:]]),
-        "commit": harness.commit()}
+  kept_by = _kept_parts(results, out + ".json")
   if "fixed" in _PARTS.value:
     results["fixed"] = [{"devices": p, **_measure("run", p, length, heads)} for p in devices]
   if "search" in _PARTS.value:
@@ -425,14 +420,13 @@ def main(argv):
         "compiled": _measure("compile", most, _BIG_LENGTH.value, heads),
         "run": _measure("big", most, _BIG_LENGTH.value, _BIG_HEADS.value),
     }
-  results["measured_by"].update({part: by for part in _PARTS.value if part in results})
-  results["measured_by"] = {part: results["measured_by"][part] for part in PARTS
-                            if part in results["measured_by"]}
-  os.makedirs(flags.FLAGS.out, exist_ok=True)
-  harness.write_json(out + ".json", results)
+  by = {"command": " ".join(["python -m experiments.bench_sequence_parallel", *sys.argv[1:]]),
+        "commit": harness.commit()}
+  results["measured_by"] = {part: by if part in _PARTS.value else kept_by[part]
+                            for part in PARTS if part in results}
   text = markdown(results)
-  with open(out + "_tables.md", "w") as f:
-    f.write(text)
+  harness.write_outputs(flags.FLAGS.out, "sequence_parallel_tables", markdown=text)
+  harness.write_json(out + ".json", results)
   print()
   print(text)
   print(f"wrote {out}.json and {out}_tables.md")

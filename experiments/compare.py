@@ -60,30 +60,13 @@ _OVERRIDES = flags.DEFINE_multi_string(
     "e.g. --override=data_cache_dir=/tmp/data.")
 _EFFICIENCY = flags.DEFINE_bool(
     "efficiency", False, "Measure training speed and memory against length instead of "
-    "training (the flags below).")
-_LENGTHS = flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", "16384"],
-                             "--efficiency: sequence lengths.")
-_BATCH = flags.DEFINE_integer("batch", 1, "--efficiency: batch size.")
-_STEPS = flags.DEFINE_integer("steps", 3, "--efficiency: timed steps after the compiling one.")
-_FULL_MAX_LENGTH = flags.DEFINE_integer(
-    "full_max_length", 8192, "--efficiency: longest length measured for quadratic variants.")
-_MEMORY_LIMIT_GB = flags.DEFINE_float(
-    "memory_limit_gb", None, "--efficiency: skip a quadratic variant where its estimated memory "
-    "exceeds this many GB (default: half the machine's memory).")
+    "training (the flags of experiments/efficiency.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-flags.register_validator(
-    "attention", lambda names: names is None or (names and set(names) <= set(
-        attention.variants())),
-    f"must be a comma-separated subset of the registry's variants "
-    f"({','.join(attention.variants())})")
-flags.register_validator("lengths", lambda lengths: all(s.isdigit() and int(s) > 0
-                                                        for s in lengths),
-                         "must be positive integers, e.g. 1024,2048")
+cli.subset_of("attention", list(attention.variants()), "the registry's variants")
 flags.register_validator("override", lambda items: all("=" in item for item in items),
                          "must be field=value, e.g. data_cache_dir=/tmp/data")
-for _name in ("seeds", "batch", "steps"):
-  flags.register_validator(_name, lambda value: value >= 1, "must be >= 1")
+flags.register_validator("seeds", lambda value: value >= 1, "must be >= 1")
 
 
 def _duration(seconds: float) -> str:
@@ -333,18 +316,12 @@ def write_comparison(runs: list[Run], task: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   configs = _variant_configs()
   task = next(iter(configs.values()))[1]["task"]
   os.makedirs(_WORKDIR.value, exist_ok=True)
   if _EFFICIENCY.value:
-    settings = efficiency.Settings(
-        lengths=tuple(int(n) for n in _LENGTHS.value), batch=_BATCH.value, steps=_STEPS.value,
-        full_max_length=_FULL_MAX_LENGTH.value,
-        memory_limit_gb=_MEMORY_LIMIT_GB.value,
-        config_overrides=tuple(_config_overrides()))
-    print(efficiency.run(configs, task, _SIZE.value, settings, out=_WORKDIR.value,
+    print(efficiency.run(configs, task, _SIZE.value, _config_overrides(), out=_WORKDIR.value,
                          command=_command()))
     print(f"wrote {_WORKDIR.value}/efficiency.{{md,csv,png}}")
     return

@@ -98,15 +98,10 @@ _BLOCK_SIZE = flags.DEFINE_integer(
 _OUT = flags.DEFINE_string("out", "results/patterns", "Folder of attention_patterns.png.")
 
 for _name in ("attention", "causal"):
-  flags.register_validator(
-      _name, lambda names: not names or set(names) <= set(attention.variants()),
-      f"must be a comma-separated subset of the registry's variants "
-      f"({','.join(attention.variants())})")
+  cli.subset_of(_name, list(attention.variants()), "the registry's variants")
 flags.register_validator("length", lambda n: n >= 2, "must be >= 2")
 flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
-flags.register_validator("dilations", lambda ds: ds and all(s.isdigit() and int(s) > 0
-                                                            for s in ds),
-                         "must be integers >= 1, e.g. 1,2")
+cli.positive_ints("dilations", "1,2")
 flags.register_validator("padding", lambda n: n >= 0, "must be >= 0")
 flags.register_validator("block_size", lambda n: n >= 0, "must be >= 0 (0: no tiles)")
 
@@ -194,8 +189,7 @@ def draw(panels: list[Panel], length: int, window: int, padding: int, path: str,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   length, window, padding = _LENGTH.value, _WINDOW.value, _PADDING.value
   if padding >= length:
     raise errors.ConfigError(f"--padding={padding} leaves no real token of --length={length}")
