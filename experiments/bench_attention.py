@@ -307,19 +307,13 @@ def _plan(lengths: list[int]) -> list[tuple[str, int]]:
 
 def _machine(matmuls: list[dict], setup: Setup) -> dict:
   rates = [m["gflops"] for m in matmuls if m.get("gflops")]
-  return {
-      "cpu": harness.cpu_model(),
-      "cores": harness.cores(),
-      "device": next((m["device"] for m in matmuls if m.get("device")), None),
-      "jax": importlib.metadata.version("jax"),
-      "matmul_n": _MATMUL_SIZE.value,
-      "matmul_gflops": statistics.median(rates) if rates else None,
-      "matmul_gflops_range": [min(rates), max(rates)] if rates else None,
-      "malloc_huge_pages": _HUGE_PAGES.value,
-      "repeats": _REPEATS.value,
-      "rounds": _ROUNDS.value,
-      **dataclasses.asdict(setup),
-  }
+  return {"cpu": harness.cpu_model(), "cores": harness.cores(),
+          "device": next((m["device"] for m in matmuls if m.get("device")), None),
+          "jax": importlib.metadata.version("jax"), "matmul_n": _MATMUL_SIZE.value,
+          "matmul_gflops": statistics.median(rates) if rates else None,
+          "matmul_gflops_range": [min(rates), max(rates)] if rates else None,
+          "malloc_huge_pages": _HUGE_PAGES.value, "repeats": _REPEATS.value,
+          "rounds": _ROUNDS.value, **dataclasses.asdict(setup)}
 
 
 CSV_COLUMNS = ("mechanism", "length", "status", "median_s", "useful_gflop", "useful_gflops",
@@ -372,21 +366,18 @@ def markdown(rows: list[dict], machine: dict) -> str:
     matmul = (f"median {machine['matmul_gflops']:.1f} GFLOP/s over the lengths (from "
               f"{low:.1f} to {high:.1f})")
   fmt = harness.fmt
-  lines = [
+  return harness.markdown_page(
       "# Attention benchmark: forward + backward",
-      "",
       f"Machine: {machine['cpu']}, {machine['cores']} cores, JAX device {machine['device']}; "
       f"jax {machine['jax']}; {machine['dtype']}; window {machine['window']} (one-sided); "
       f"{machine['heads']} heads x {machine['head_dim']}; batch {machine['batch']}; "
       f"matmul rate ({machine['matmul_n']}^3, {machine['dtype']}): {matmul}; malloc on "
       f"huge pages: {'yes' if machine['malloc_huge_pages'] else 'no'}.",
-      "",
       f"Time: median of the timed steps ({machine['repeats']} per measuring process x "
       f"{machine['rounds']} round(s), pooled). Useful GFLOP/s: 3 x the forward FLOPs of the two "
       "matmuls over exactly the keys each query sees, per second. RSS in GB (1e9 bytes) of "
       "the measuring process: after setup (inputs allocated, before compiling) and peak.",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["mechanism", "length", "median time (s)", "useful GFLOP/s",
            "matmul GFLOP/s (this length)", "% of matmul rate", "setup RSS (GB)",
            "peak RSS (GB)", "note"], "lrrrrrrrl",
@@ -394,9 +385,7 @@ def markdown(rows: list[dict], machine: dict) -> str:
             fmt(row.get("useful_gflops"), ".2f"), fmt(row.get("matmul_gflops"), ".1f"),
             fmt(row.get("pct_of_matmul"), ".1f"), fmt(row.get("setup_rss_gb"), ".2f"),
             fmt(row.get("peak_rss_gb"), ".2f"), "" if row["status"] == "ok" else row["status"]]
-           for row in rows)),
-  ]
-  return "\n".join(lines) + "\n"
+           for row in rows)))
 
 
 def key_ratios(rows: list[dict]) -> list[str]:

@@ -185,16 +185,14 @@ def _bench_models(out: str) -> list[dict]:
 
 def markdown(rows, machine, models) -> str:
   fmt = harness.fmt
-  lines = [
+  return harness.markdown_page(
       "# Accelerator benchmark: forward + backward",
-      "",
       f"Device {machine['device']}; jax {machine['jax']}; {machine['dtype']}; window "
       f"{machine['window']} (one-sided); measured matmul rate "
       f"{machine['matmul_tflops']:.0f} TFLOP/s ({machine['matmul_n']}^3). Time: median of "
       f"{machine['repeats']} steps. Useful TFLOP/s: 3 x the forward FLOPs over the attended "
       "pairs. Memory: XLA's compiled footprint of the step.",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["method", "shape (batch x heads x head_dim)", "length", "median time (ms)",
            "useful TFLOP/s", "% of matmul rate", "memory (GB)", "note"], "llrrrrrl",
           ([row["method"], f"{row['batch']} x {row['heads']} x {row['head_dim']}",
@@ -202,11 +200,8 @@ def markdown(rows, machine, models) -> str:
             fmt(row.get("useful_tflops"), ".1f"), fmt(row.get("pct_of_matmul"), ".1f"),
             fmt(row.get("memory_gb"), ".2f"), "" if row["status"] == "ok" else row["status"]]
            for row in rows)),
-  ]
-  if models:
-    lines += ["", "Train steps of the paper configs (longformer attention):", ""]
-    lines += [f"- {m['task']}: {m['result']}" for m in models]
-  return "\n".join(lines) + "\n"
+      "Train steps of the paper configs (longformer attention):" if models else "",
+      [f"- {m['task']}: {m['result']}" for m in models])
 
 
 def main(argv):

@@ -332,43 +332,35 @@ def _search_row(r: dict) -> list:
 def markdown(results: dict) -> str:
   m = results["machine"]
   base = next((r for r in results["fixed"] if r["status"] == "ok" and r["devices"] == 1), None)
-  lines = [
+  blocks = [
       "# Sequence-parallel local attention: forward + backward on simulated devices",
-      "",
       f"Machine: {m['cpu']}, {m['cores']} cores; jax {m['jax']}; P simulated CPU devices in "
       f"one process (they share the cores and the memory); window {m['window']} "
       f"(one-sided), {m['heads']} heads x {m['head_dim']}, batch 1, {m['dtype']}. Measured "
       "by: " + "; ".join(f"{part}: `{by['command']}` at commit {by['commit']}"
                           for part, by in results["measured_by"].items()) + ".",
-      "",
       "Per-device memory: XLA's memory analysis of the compiled SPMD step (arguments + "
       "outputs + temporaries of one device). Received: bytes each device receives per step, "
       "summed over the collectives of the compiled HLO; the halo formula is "
       "8·w·H·D·itemsize + 2·w (k and v from both neighbours, their gradients back, the "
       "mask). Time and peak RSS are of the whole process (all P devices on the same cores).",
-      "",
       f"## Fixed total length {results['length']}",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["P", "shard length", "per-device memory (GB)", "x P=1",
            "args / outputs / temps (GB)", "step time (s)", "process peak RSS (GB)",
            "received per device (MB)", "halo formula (MB)", "collectives"], "rrrrlrrrrl",
           (_fixed_row(r, base) for r in results["fixed"])),
-  ]
-  lines += [
-      "",
       f"## Longest total length whose step fits {results['device_memory_gb']} GB per device",
-      "",
       "Compiled only (doubling, then bisection to a multiple of P·1024).",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["P", "longest length", "per-device memory (GB)", "received per device (MB)", "note"],
           "rrrrl", (_search_row(r) for r in results["search"])),
   ]
   big = results.get("big")
   if big:
-    lines += ["", f"## One step at total length {results['big_length']}", ""]
+    blocks.append(f"## One step at total length {results['big_length']}")
     compiled, run = big["compiled"], big["run"]
+    lines = []
     if compiled["status"] == "ok":
       lines.append(
           f"- {compiled['heads']} heads x {m['head_dim']}, P = {compiled['devices']}, "
@@ -389,7 +381,8 @@ def markdown(results: dict) -> str:
           f"{max(c['max_abs_value'] for c in run['checks']):.1f}).")
     else:
       lines.append(f"- executed: {run['status']}")
-  return "\n".join(lines) + "\n"
+    blocks.append(lines)
+  return harness.markdown_page(*blocks)
 
 
 def main(argv):

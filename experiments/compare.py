@@ -20,12 +20,8 @@ launches to its `wall_time.json`. Then writes, in --workdir:
   python -m experiments.compare --efficiency --config=configs/listops.py --size=small \
       --workdir=results/efficiency [--lengths=512,1024,... --batch=1]
 
-Measures the training steps/s and peak memory of each variant's whole model at each length
-instead (`experiments.efficiency`) and writes efficiency.md, efficiency.csv and
-efficiency.png: the measurements relative to full attention, the length from which each
-variant trains faster than it, and how its memory and time grow with length. Quadratic
-variants stop at --full_max_length, or where their estimated memory exceeds
---memory_limit_gb.
+Measures each variant's training speed and memory against length instead
+(`experiments/efficiency.py`): efficiency.md, efficiency.csv and efficiency.png.
 """
 
 import dataclasses
@@ -265,12 +261,10 @@ def _percent(mean: float, std: float | None) -> str:
 
 def comparison_markdown(rows: list[dict], task: str) -> str:
   majority = rows[0]["majority_class_rate"]
-  lines = [
+  return harness.markdown_page(
       f"# Attention variants on {task}, size {_SIZE.value}",
-      "",
       f"Made by `{_command()}`",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["variant", "seeds", "test accuracy", "best val accuracy", "steps/s",
            "peak memory (GB)", "parameters", "wall time per run"], "lrrrrrrr",
           ([row["variant"], row["seeds"],
@@ -280,14 +274,11 @@ def comparison_markdown(rows: list[dict], task: str) -> str:
             f"{row['num_params']:,}",
             "" if row["wall_time_s"] is None else _duration(row["wall_time_s"])]
            for row in rows)),
-      "",
       f"Accuracies: mean ± sample standard deviation over the seeds (config.seed 0 to "
       f"{_SEEDS.value - 1}); test accuracy is that of the best validation checkpoint. Steps/s "
       "(after compilation), peak memory (the accelerator's, or the process's peak RSS on "
       f"CPU) and wall time are means over seeds, on {rows[0]['devices']}."
-      + ("" if majority is None else f" Majority class of the test split: {100 * majority:.1f}%."),
-  ]
-  return "\n".join(lines) + "\n"
+      + ("" if majority is None else f" Majority class of the test split: {100 * majority:.1f}%."))
 
 
 def write_comparison(runs: list[Run], task: str) -> str:

@@ -117,27 +117,21 @@ def _device(rows: list[dict]) -> str:
 def markdown(rows: list[dict], title: str, full_variant: str | None, steps: int,
              command: str) -> str:
   fmt = harness.fmt
-  lines = [
+  return harness.markdown_page(
       f"# Training speed and memory against length: {title}",
-      "",
       f"Made by `{command}`",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["variant", "length", "steps/s", f"steps/s vs {full_variant}", "peak memory (GB)",
            f"memory vs {full_variant}", "note"], "lrrrrrl",
           ([row["variant"], row["length"], fmt(row.get("steps_per_sec"), ".3f"),
             fmt(row.get("steps_per_sec_vs_full"), ".2f"), fmt(row.get("peak_memory_gb"), ".2f"),
             fmt(row.get("memory_vs_full"), ".2f"), "" if row["status"] == "ok" else row["status"]]
            for row in rows)),
-      "",
       f"Each row: the jitted train step of the whole model (`experiments.bench_model`, random "
       f"tokens, no padding) in a fresh process on {_device(rows)} with {harness.cores()} cores; "
       f"steps/s from the median of {steps} steps after the compiling one; peak "
       "memory is the process's peak RSS (GB, 1e9 bytes), JAX's runtime included.",
-      "",
-      *(f"- {line}" for line in findings(rows, full_variant)),
-  ]
-  return "\n".join(lines) + "\n"
+      [f"- {line}" for line in findings(rows, full_variant)])
 
 
 def run(configs: dict[str, tuple[str, dict]], task: str, size: str, overrides: list[str], *,

@@ -8,7 +8,7 @@
     footprint of a compiled program);
   - the machine: `matmul_rate` (what the benchmarks put their rates in proportion to),
     `cpu_model`, `cores`, `device_name`, `commit`;
-  - outputs: `markdown_table`, and `write_outputs` for `<stem>.{md,csv,json,png}`.
+  - outputs: `markdown_table`, `markdown_page`, and `write_outputs` for `<stem>.{md,csv,json,png}`.
 
 Importable without jax, absl or lra: `experiments/bench_hf_longformer.py` runs it under a
 Python that holds only torch and transformers, so jax is imported where it is used.
@@ -251,6 +251,12 @@ def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence]) 
   rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
   return [f"| {' | '.join(header)} |", rule,
           *(f"| {' | '.join(str(cell) for cell in row)} |" for row in rows)]
+
+
+def markdown_page(*blocks: str | Sequence[str]) -> str:
+  """Markdown of `blocks` (a paragraph, or the lines of a table or list), each two apart by a
+  blank line; empty blocks are left out."""
+  return "\n\n".join(b if isinstance(b, str) else "\n".join(b) for b in blocks if b) + "\n"
 
 
 def write_json(path: str, value) -> None:
