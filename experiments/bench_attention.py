@@ -54,9 +54,10 @@ GLOBAL_POSITIONS = (0,)
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384", "32768"],
                              "Sequence lengths.")
 _WINDOW = flags.DEFINE_integer("window", 256, "One-sided window w (HF's attention_window = 2w).")
-_HEADS = flags.DEFINE_integer("heads", 8, "Attention heads.")
-_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Dimension of each head.")
-_BATCH = flags.DEFINE_integer("batch", 1, "Batch size.")
+_HEADS = flags.DEFINE_integer("heads", 8, "Attention heads.", lower_bound=1)
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Dimension of each head.",
+                                lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch", 1, "Batch size.", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Dtype of q, k, v and of the matmul-rate measurement.")
 _MECHANISMS = flags.DEFINE_list(
@@ -74,19 +75,22 @@ _MEMORY_LIMIT_GB = flags.DEFINE_float(
     "memory_limit_gb", None,
     "Skip a quadratic row at a length whose float32 score tensor alone exceeds this many GB "
     "(default: half the machine's memory).")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measuring process.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measuring process.",
+                               lower_bound=1)
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 1,
     "Sweeps over every (length, mechanism), each measurement in a fresh process; a row "
     "reports the median of its timed steps pooled over the rounds (and the matmul rate of "
     "a length likewise), so that a slow phase of a shared machine, which lasts minutes, "
-    "falls on different rows in different rounds instead of deciding one row.")
+    "falls on different rows in different rounds instead of deciding one row.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer(
     "warmup", 3,
     "Untimed steps first: the first compiles, and the next few still run up to several "
-    "times slower while the process's memory settles (fresh pages for XLA's buffers).")
+    "times slower while the process's memory settles (fresh pages for XLA's buffers).",
+    lower_bound=1)
 _MATMUL_SIZE = flags.DEFINE_integer(
-    "matmul_size", 2048, "n of the n x n @ n x n matmul that measures the machine's rate.")
+    "matmul_size", 2048, "n of the n x n @ n x n matmul that measures the machine's rate.",
+    lower_bound=1)
 _OUT = flags.DEFINE_string("out", "results/bench_attention", "Folder of the outputs.")
 _HF_PYTHON = flags.DEFINE_string(
     "hf_python", None,
@@ -105,8 +109,6 @@ _ONE = flags.DEFINE_string(
     "and print it as one JSON line.")
 
 flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
-for _name in ("heads", "head_dim", "batch", "repeats", "rounds", "warmup", "matmul_size"):
-  flags.register_validator(_name, lambda value: value >= 1, "must be >= 1")
 cli.positive_ints("lengths", "1024,2048")
 cli.positive_ints("dilations", "1,2", allow_empty=True)
 
@@ -229,10 +231,8 @@ def pattern_pairs(length: int, window: int | None, dilations: Sequence[int],
 
 
 def useful_gflop(mechanism: str, length: int, setup: Setup) -> float:
-  """3 x the forward FLOPs of q @ k^T and probs @ v over the attended pairs, in GFLOP.
-
-  The backward pass is counted as twice the forward (4 matmuls against 2), as usual.
-  """
+  """3 x the forward FLOPs of q @ k^T and probs @ v over the attended pairs, in GFLOP (the
+  backward counted as twice the forward: 4 matmuls against 2)."""
   pairs = measured(mechanism, setup).count_pairs(length)
   return 3 * 2 * 2 * setup.batch * pairs * setup.head_dim / 1e9
 

@@ -54,13 +54,9 @@ def _one_line(error: BaseException) -> str:
   return message.strip()
 
 
-def _verbosity_requested(argv: list[str]) -> bool:
-  return any(_VERBOSITY_ARG.match(arg) for arg in argv[1:])
-
-
 def _fail(error: BaseException, message: str, argv: list[str]) -> None:
   """Prints `error: message` (after the traceback with --verbosity), logs the cause, exits."""
-  if _verbosity_requested(argv):
+  if any(_VERBOSITY_ARG.match(arg) for arg in argv[1:]):
     traceback.print_exception(error, file=sys.stderr)
   if _CAUSES.handlers:
     _CAUSES.error("error: %s", message, exc_info=error)

@@ -49,7 +49,8 @@ _ATTENTION = flags.DEFINE_list("attention", None,
                                "Variants to compare: registry variants (default: every one, "
                                f"now {', '.join(attention.variants())}).")
 _SIZE = flags.DEFINE_enum("size", "small", config_utils.SIZES, "Size of every run.")
-_SEEDS = flags.DEFINE_integer("seeds", 1, "Runs per variant, with config.seed 0, 1, ...")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Runs per variant, with config.seed 0, 1, ...",
+                              lower_bound=1)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the runs and of the outputs.")
 _OVERRIDES = flags.DEFINE_multi_string(
     "override", [], "A config `field=value` for every run or measurement (repeatable), "
@@ -62,7 +63,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 cli.subset_of("attention", list(attention.variants()), "the registry's variants")
 flags.register_validator("override", lambda items: all("=" in item for item in items),
                          "must be field=value, e.g. data_cache_dir=/tmp/data")
-flags.register_validator("seeds", lambda value: value >= 1, "must be >= 1")
 
 
 def _duration(seconds: float) -> str:

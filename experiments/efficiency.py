@@ -29,16 +29,15 @@ _FULL_BYTES_PER_SCORE = 16
 
 _LENGTHS = flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", "16384"],
                              "--efficiency: sequence lengths.")
-_BATCH = flags.DEFINE_integer("batch", 1, "--efficiency: batch size.")
-_STEPS = flags.DEFINE_integer("steps", 3, "--efficiency: timed steps after the compiling one.")
+_BATCH = flags.DEFINE_integer("batch", 1, "--efficiency: batch size.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 3, "--efficiency: timed steps after the compiling one.",
+                              lower_bound=1)
 _FULL_MAX_LENGTH = flags.DEFINE_integer(
     "full_max_length", 8192, "--efficiency: longest length measured for quadratic variants.")
 _MEMORY_LIMIT_GB = flags.DEFINE_float(
     "memory_limit_gb", None, "--efficiency: skip a quadratic variant where its estimated memory "
     "exceeds this many GB (default: half the machine's memory).")
 cli.positive_ints("lengths", "1024,2048")
-for _name in ("batch", "steps"):
-  flags.register_validator(_name, lambda value: value >= 1, "must be >= 1")
 
 
 def _quadratic(config: dict) -> bool:

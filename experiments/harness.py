@@ -1,14 +1,9 @@
-"""What every benchmark of `experiments/` measures with: one implementation each.
-
-  - process isolation: `measure_in_child` runs a measuring process whose last stdout line
-    is its JSON record, so that its peak memory is its own;
-  - timing: `time_calls` (warm-up calls, then the median of the timed ones), of a step such
-    as `forward_backward`'s;
-  - memory: `peak_rss_gb` (the process's high-water mark), `compiled_memory_gb` (XLA's
-    footprint of a compiled program);
-  - the machine: `matmul_rate` (what the benchmarks put their rates in proportion to),
-    `cpu_model`, `cores`, `device_name`, `commit`;
-  - outputs: `markdown_table`, `markdown_page`, and `write_outputs` for `<stem>.{md,csv,json,png}`.
+"""What every benchmark of `experiments/` measures with, one implementation each: process
+isolation (`measure_in_child`: a measuring process whose last stdout line is its JSON record,
+so that its peak memory is its own), timing (`time_calls`: warm-up calls, then the median of
+the timed ones), memory (`peak_rss_gb`, `compiled_memory_gb`), the machine (`matmul_rate`,
+which the benchmarks put their rates in proportion to, `cpu_model`, `cores`, `device_name`,
+`commit`) and outputs (`markdown_table`, `markdown_page`, `write_outputs`).
 
 Importable without jax, absl or lra: `experiments/bench_hf_longformer.py` runs it under a
 Python that holds only torch and transformers, so jax is imported where it is used.
