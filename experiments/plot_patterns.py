@@ -86,7 +86,7 @@ _ATTENTION = flags.DEFINE_list("attention", None,
                                f"{', '.join(attention.variants())}).")
 _CAUSAL = flags.DEFINE_list("causal", [],
                             "Variants also drawn causal (they need a causal option).")
-_LENGTH = flags.DEFINE_integer("length", 32, "Sequence length.", lower_bound=2)
+_LENGTH = flags.DEFINE_integer("length", 32, "Sequence length.")
 _WINDOW = flags.DEFINE_integer("window", 3, "One-sided window w.")
 _DILATIONS = flags.DEFINE_list(
     "dilations", ["1", "2"],
@@ -100,6 +100,7 @@ _OUT = flags.DEFINE_string("out", "results/patterns", "Folder of attention_patte
 
 for _name in ("attention", "causal"):
   cli.subset_of(_name, list(attention.variants()), "the registry's variants")
+flags.register_validator("length", lambda n: n >= 2, "must be >= 2")
 flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
 cli.positive_ints("dilations", "1,2")
 
