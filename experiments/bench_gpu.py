@@ -48,10 +48,6 @@ for _name, _default in (("lengths", ["4096", "8192", "16384", "32768", "65536"])
                         ("dtype", "bfloat16"), ("repeats", 20), ("matmul_size", 8192),
                         ("out", "results/bench_gpu")):
   FLAGS.set_default(_name, _default)
-_METHODS = flags.DEFINE_list(
-    "methods", ["local_pallas", "causal_pallas", "dilated_pallas", "longformer_pallas",
-                "local_xla", "cudnn_full", "cudnn_causal_window", "tokamax_local",
-                "tokamax_causal"], "Methods to measure (see the module docstring).")
 _TASK_SHAPES = flags.DEFINE_list(
     "task_shapes", ["pathfinder:512x1024x4x8", "pathx:64x16384x2x16"],
     "Extra shapes as name:batch x length x heads x head_dim, measured for local_pallas, "
@@ -108,6 +104,8 @@ def methods(window: int, heads: int):
   }
 
 
+_METHODS = flags.DEFINE_list("methods", list(methods(1, 2)),
+                             "Methods to measure (see the module docstring).")
 cli.subset_of("methods", list(methods(1, 2)), "the methods")
 
 
