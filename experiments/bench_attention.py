@@ -45,7 +45,6 @@ from lra import attention
 from lra import errors
 from lra.attention import common
 
-HF_SCRIPT = os.path.join(harness.REPO, "experiments", "bench_hf_longformer.py")
 HF_MECHANISM = "hf_longformer"
 BANDED_BASELINE = "jax_nn_banded"
 # Positions of Longformer's global tokens: the first one, like a classifier's [CLS].
@@ -273,7 +272,7 @@ def _run_self(spec: str) -> dict:
 def _run_hf(length: int) -> dict:
   """Times HF's Longformer layer at one length in a fresh process of its own interpreter."""
   record = harness.measure_in_child(
-      [_HF_PYTHON.value, HF_SCRIPT, "--child", f"--lengths={length}",
+      [_HF_PYTHON.value, harness.HF_SCRIPT, "--child", f"--lengths={length}",
        f"--repeats={_REPEATS.value}", f"--warmup={_WARMUP.value}", f"--heads={_HEADS.value}",
        f"--head_dim={_HEAD_DIM.value}", f"--window={_WINDOW.value}"],
       env=harness.child_env(huge_pages=_HUGE_PAGES.value))

@@ -88,9 +88,8 @@ def _ours() -> dict:
 
 
 def _huggingface() -> dict:
-  script = os.path.join(harness.REPO, "experiments", "bench_hf_longformer.py")
   record = harness.measure_in_child_or_exit([
-      _HF_PYTHON.value, script, "--model", "--child", f"--lengths={_LENGTH.value}",
+      _HF_PYTHON.value, harness.HF_SCRIPT, "--model", "--child", f"--lengths={_LENGTH.value}",
       f"--layers={_LAYERS.value}", f"--heads={_HEADS.value}", f"--head_dim={HEAD_DIM}",
       f"--window={_WINDOW.value}", f"--global_tokens={_GLOBAL.value}",
       f"--repeats={_STEPS.value}", "--warmup=1", f"--threads={harness.cores()}"]

@@ -22,6 +22,8 @@ import time
 from typing import Callable, Iterable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Measures HF's Longformer, run by a Python that holds torch and transformers.
+HF_SCRIPT = os.path.join(REPO, "experiments", "bench_hf_longformer.py")
 # The last "SomeError: message" line of an error text that wraps a traceback.
 ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.*)$")
 
