@@ -158,22 +158,6 @@ def _compile(devices: int, length: int, heads: int, setup):
   }
 
 
-def _inputs(length: int, heads: int, setup, sharding):
-  """The output gradient, q, k and v, `[1, length, heads, head_dim]`: each device's shard
-  drawn by numpy on its own (no whole array is ever held in one place)."""
-  shape = (1, length, heads, setup.head_dim)
-
-  def shard(array_index, index):
-    rows = range(length)[index[1]]
-    rng = np.random.default_rng([array_index, rows.start])
-    return rng.standard_normal((1, len(rows), heads, setup.head_dim),
-                               np.float32).astype(jnp.dtype(setup.dtype))
-
-  return jax.block_until_ready([
-      jax.make_array_from_callback(shape, sharding, functools.partial(shard, i))
-      for i in range(4)])
-
-
 def _stretch_errors(inputs, results, setup) -> list[dict]:
   """Max |sharded - single-device core| of the output and the gradients on stretches around
   every shard boundary and at both ends: the core runs on the stretch alone, and rows whose
@@ -209,7 +193,8 @@ def _run_step(devices: int, length: int, heads: int, setup, *, repeats: int,
   if need_gb > 0.9 * available_gb:
     raise errors.UserError(f"not run: the step needs ~{need_gb:.1f} GB of this machine's "
                            f"memory and {available_gb:.1f} GB is available")
-  inputs = _inputs(length, heads, setup, sharding)
+  # The output gradient, q, k and v.
+  inputs = harness.random_inputs(4, (1, length, heads, setup.head_dim), setup.dtype, sharding)
   record["setup_rss_gb"] = harness.peak_rss_gb()
   timing = harness.time_jax_calls(lambda: compiled(*inputs), warmup, repeats)
   record.update(timing, peak_rss_gb=harness.peak_rss_gb())

@@ -10,6 +10,7 @@ Python that holds only torch and transformers, so jax is imported where it is us
 """
 
 import csv
+import functools
 import json
 import os
 import platform
@@ -180,16 +181,23 @@ def quadratic_skip(length: int, estimate_gb: float, *, full_max_length: int,
 # The machine.
 
 
-def random_inputs(count: int, shape: Sequence[int], dtype: str) -> list:
-  """`count` standard-normal jax arrays of `shape`, on the default device."""
+def random_inputs(count: int, shape: Sequence[int], dtype: str, sharding=None) -> list:
+  """`count` standard-normal jax arrays of `shape`, on the default device or laid out by
+  `sharding`: each shard is drawn on its own, so that no whole array is held in one place."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  # Drawn by numpy: jax.random would compile a few ops first, seconds on a small machine.
-  rng = np.random.default_rng(0)
-  return jax.block_until_ready(
-      [jax.device_put(rng.standard_normal(shape, np.float32).astype(jnp.dtype(dtype)))
-       for _ in range(count)])
+
+  def shard(array_index, index):
+    # Drawn by numpy: jax.random would compile a few ops first, seconds on a small machine.
+    spans = [range(n)[s] for n, s in zip(shape, index)]
+    rng = np.random.default_rng([array_index, *(span.start for span in spans)])
+    return rng.standard_normal([len(span) for span in spans], np.float32).astype(
+        jnp.dtype(dtype))
+
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.block_until_ready([jax.make_array_from_callback(
+      tuple(shape), sharding, functools.partial(shard, i)) for i in range(count)])
 
 
 def device_name() -> str:
