@@ -16,10 +16,10 @@ With `--hf_python`, HuggingFace's `LongformerSelfAttention` (experiments/bench_h
 run by that interpreter) adds an `hf_longformer` baseline row per length that it supports.
 
 One timed step is a jit-compiled forward and `jax.vjp` pullback of a fixed random output
-gradient (a real array, as a model's backward hands the layer) to every input
-array: q, k, v, and for Longformer also its global q, k, v, which a model trains too. Each (mechanism, length) runs in a
-fresh subprocess of this script, so that its peak RSS is its own; lengths are the outer loop
-so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured
+gradient (a real array, as a model's backward hands the layer) to every input array: q, k, v,
+and for Longformer also its global q, k, v, which a model trains too. Each (mechanism, length)
+runs in a fresh subprocess of this script, so that its peak RSS is its own; lengths are the
+outer loop so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured
 afresh before each length (shared machines drift by tens of percent within minutes), puts
 the useful GFLOP/s of that length's rows in proportion: useful FLOPs are 3 x the forward FLOPs
 of the two matmuls over exactly the keys each query sees (`pattern_pairs`), so the waste of
@@ -54,8 +54,7 @@ _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384"
                              "Sequence lengths.")
 _WINDOW = flags.DEFINE_integer("window", 256, "One-sided window w (HF's attention_window = 2w).")
 _HEADS = flags.DEFINE_integer("heads", 8, "Attention heads.", lower_bound=1)
-_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Dimension of each head.",
-                                lower_bound=1)
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Dimension of each head.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch", 1, "Batch size.", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Dtype of q, k, v and of the matmul-rate measurement.")
@@ -74,8 +73,7 @@ _MEMORY_LIMIT_GB = flags.DEFINE_float(
     "memory_limit_gb", None,
     "Skip a quadratic row at a length whose float32 score tensor alone exceeds this many GB "
     "(default: half the machine's memory).")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measuring process.",
-                               lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measuring process.", lower_bound=1)
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 1,
     "Sweeps over every (length, mechanism), each measurement in a fresh process; a row "
