@@ -16,10 +16,10 @@ With `--hf_python`, HuggingFace's `LongformerSelfAttention` (experiments/bench_h
 run by that interpreter) adds an `hf_longformer` baseline row per length that it supports.
 
 One timed step is a jit-compiled forward and `jax.vjp` pullback of a fixed random output
-gradient (a real array, as a model's backward hands the layer) to every input
-array: q, k, v, and for Longformer also its global q, k, v, which a model trains too. Each (mechanism, length) runs in a
-fresh subprocess of this script, so that its peak RSS is its own; lengths are the outer loop
-so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured
+gradient (a real array, as a model's backward hands the layer) to every input array: q, k, v,
+and for Longformer also its global q, k, v, which a model trains too. Each (mechanism, length)
+runs in a fresh subprocess of this script, so that its peak RSS is its own; lengths are the
+outer loop so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured
 afresh before each length (shared machines drift by tens of percent within minutes), puts
 the useful GFLOP/s of that length's rows in proportion: useful FLOPs are 3 x the forward FLOPs
 of the two matmuls over exactly the keys each query sees (`pattern_pairs`), so the waste of
@@ -45,7 +45,6 @@ from lra import attention
 from lra import errors
 from lra.attention import common
 
-HF_SCRIPT = os.path.join(harness.REPO, "experiments", "bench_hf_longformer.py")
 HF_MECHANISM = "hf_longformer"
 BANDED_BASELINE = "jax_nn_banded"
 # Positions of Longformer's global tokens: the first one, like a classifier's [CLS].
@@ -54,9 +53,9 @@ GLOBAL_POSITIONS = (0,)
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384", "32768"],
                              "Sequence lengths.")
 _WINDOW = flags.DEFINE_integer("window", 256, "One-sided window w (HF's attention_window = 2w).")
-_HEADS = flags.DEFINE_integer("heads", 8, "Attention heads.")
-_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Dimension of each head.")
-_BATCH = flags.DEFINE_integer("batch", 1, "Batch size.")
+_HEADS = flags.DEFINE_integer("heads", 8, "Attention heads.", lower_bound=1)
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Dimension of each head.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch", 1, "Batch size.", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Dtype of q, k, v and of the matmul-rate measurement.")
 _MECHANISMS = flags.DEFINE_list(
@@ -74,19 +73,21 @@ _MEMORY_LIMIT_GB = flags.DEFINE_float(
     "memory_limit_gb", None,
     "Skip a quadratic row at a length whose float32 score tensor alone exceeds this many GB "
     "(default: half the machine's memory).")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measuring process.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measuring process.", lower_bound=1)
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 1,
     "Sweeps over every (length, mechanism), each measurement in a fresh process; a row "
     "reports the median of its timed steps pooled over the rounds (and the matmul rate of "
     "a length likewise), so that a slow phase of a shared machine, which lasts minutes, "
-    "falls on different rows in different rounds instead of deciding one row.")
+    "falls on different rows in different rounds instead of deciding one row.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer(
     "warmup", 3,
     "Untimed steps first: the first compiles, and the next few still run up to several "
-    "times slower while the process's memory settles (fresh pages for XLA's buffers).")
+    "times slower while the process's memory settles (fresh pages for XLA's buffers).",
+    lower_bound=1)
 _MATMUL_SIZE = flags.DEFINE_integer(
-    "matmul_size", 2048, "n of the n x n @ n x n matmul that measures the machine's rate.")
+    "matmul_size", 2048, "n of the n x n @ n x n matmul that measures the machine's rate.",
+    lower_bound=1)
 _OUT = flags.DEFINE_string("out", "results/bench_attention", "Folder of the outputs.")
 _HF_PYTHON = flags.DEFINE_string(
     "hf_python", None,
@@ -105,13 +106,8 @@ _ONE = flags.DEFINE_string(
     "and print it as one JSON line.")
 
 flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
-for _name in ("heads", "head_dim", "batch", "repeats", "rounds", "warmup", "matmul_size"):
-  flags.register_validator(_name, lambda value: value >= 1, "must be >= 1")
-flags.register_validator("lengths", lambda lengths: all(s.isdigit() and int(s) > 0
-                                                        for s in lengths),
-                         "must be positive integers, e.g. 1024,2048")
-flags.register_validator("dilations", lambda ds: all(s.isdigit() and int(s) > 0 for s in ds),
-                         "must be integers >= 1, e.g. 1,2")
+cli.positive_ints("lengths", "1024,2048")
+cli.positive_ints("dilations", "1,2", allow_empty=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +158,16 @@ def global_token_mask(shape) -> np.ndarray:
   return global_mask
 
 
-def _measured_variant(name: str, setup: Setup) -> Measured:
-  """A registry variant as a config choosing it gets it, at this benchmark's window."""
+def measured(name: str, setup: Setup) -> Measured:
+  """The row `name`: a registry variant as a config choosing it gets it, at this benchmark's
+  window, or a baseline."""
+  band_pairs = lambda length: pattern_pairs(length, setup.window, (1,) * setup.heads)
+  if name == BANDED_BASELINE:
+    return Measured(lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, local_window_size=(setup.window, setup.window), implementation="xla"),
+        band_pairs, quadratic=True)
+  if name == HF_MECHANISM:  # HF's layer runs in its own interpreter (`_run_hf`)
+    return Measured(None, band_pairs)
   mechanism, preset = attention.variants()[name]
   dilation = None
   if preset and "dilation" in preset(setup.heads) and setup.dilations:
@@ -190,42 +194,13 @@ def _measured_variant(name: str, setup: Setup) -> Measured:
                   quadratic=mechanism.quadratic)
 
 
-def _band_pairs(setup: Setup) -> Callable[[int], int]:
-  """The pair count of the undilated band of window w (both baselines compute it)."""
-  return lambda length: pattern_pairs(length, setup.window, (1,) * setup.heads)
-
-
-def _banded(setup: Setup) -> Measured:
-  def attend(q, k, v):
-    return jax.nn.dot_product_attention(
-        q, k, v, local_window_size=(setup.window, setup.window), implementation="xla")
-  return Measured(attend, _band_pairs(setup), quadratic=True)
-
-
-# Rows that are not mechanisms of the registry, by name -> their `Measured`. HF's layer runs
-# in its own interpreter (`_run_hf`); only its pattern is needed here.
-BASELINES: dict[str, Callable[[Setup], Measured]] = {
-    BANDED_BASELINE: _banded,
-    HF_MECHANISM: lambda setup: Measured(None, _band_pairs(setup)),
-}
-
-
 def row_names() -> list[str]:
   """What `--mechanisms` may name: every registry variant, then the baselines (HF's only
   through --hf_python)."""
   return [*attention.variants(), BANDED_BASELINE]
 
 
-def measured(name: str, setup: Setup) -> Measured:
-  if name in BASELINES:
-    return BASELINES[name](setup)
-  return _measured_variant(name, setup)
-
-
-flags.register_validator(
-    "mechanisms", lambda names: names is None or (names and set(names) <= set(row_names())),
-    f"must be a comma-separated subset of the registry variants and baselines "
-    f"({','.join(row_names())})")
+cli.subset_of("mechanisms", row_names(), "the registry variants and baselines")
 
 
 def pattern_pairs(length: int, window: int | None, dilations: Sequence[int],
@@ -253,10 +228,8 @@ def pattern_pairs(length: int, window: int | None, dilations: Sequence[int],
 
 
 def useful_gflop(mechanism: str, length: int, setup: Setup) -> float:
-  """3 x the forward FLOPs of q @ k^T and probs @ v over the attended pairs, in GFLOP.
-
-  The backward pass is counted as twice the forward (4 matmuls against 2), as usual.
-  """
+  """3 x the forward FLOPs of q @ k^T and probs @ v over the attended pairs, in GFLOP (the
+  backward counted as twice the forward: 4 matmuls against 2)."""
   pairs = measured(mechanism, setup).count_pairs(length)
   return 3 * 2 * 2 * setup.batch * pairs * setup.head_dim / 1e9
 
@@ -265,24 +238,20 @@ def useful_gflop(mechanism: str, length: int, setup: Setup) -> float:
 # One measurement, in a fresh process.
 
 
-def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
-  spec = measured(mechanism, setup)
-  shape = (setup.batch, length, setup.heads, setup.head_dim)
-  *inputs, cotangent = harness.random_inputs(spec.inputs + 1, shape, setup.dtype)
-  setup_rss_gb = harness.rss_gb()
-  step = harness.forward_backward(spec.attend)
-  timing = harness.time_jax_calls(lambda: step(cotangent, *inputs), _WARMUP.value,
-                                  _REPEATS.value)
-  return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": harness.peak_rss_gb()}
-
-
 def measure_one(spec: str, setup: Setup) -> dict:
-  """Runs `mechanism:length` or `matmul:n` (the `--_one` mode)."""
+  """Measures `mechanism:length` or `matmul:n` in this process (the `--_one` mode)."""
   name, _, size = spec.partition(":")
   if name == "matmul":
     return harness.matmul_rate(int(size), setup.dtype, warmup=_WARMUP.value,
                                repeats=_REPEATS.value)
-  return measure_attention(name, int(size), setup)
+  row = measured(name, setup)
+  shape = (setup.batch, int(size), setup.heads, setup.head_dim)
+  *inputs, cotangent = harness.random_inputs(row.inputs + 1, shape, setup.dtype)
+  setup_rss_gb = harness.rss_gb()
+  step = harness.forward_backward(row.attend)
+  timing = harness.time_jax_calls(lambda: step(cotangent, *inputs), _WARMUP.value,
+                                  _REPEATS.value)
+  return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": harness.peak_rss_gb()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +270,7 @@ def _run_self(spec: str) -> dict:
 def _run_hf(length: int) -> dict:
   """Times HF's Longformer layer at one length in a fresh process of its own interpreter."""
   record = harness.measure_in_child(
-      [_HF_PYTHON.value, HF_SCRIPT, "--child", f"--lengths={length}",
+      [_HF_PYTHON.value, harness.HF_SCRIPT, "--child", f"--lengths={length}",
        f"--repeats={_REPEATS.value}", f"--warmup={_WARMUP.value}", f"--heads={_HEADS.value}",
        f"--head_dim={_HEAD_DIM.value}", f"--window={_WINDOW.value}"],
       env=harness.child_env(huge_pages=_HUGE_PAGES.value))
@@ -335,19 +304,13 @@ def _plan(lengths: list[int]) -> list[tuple[str, int]]:
 
 def _machine(matmuls: list[dict], setup: Setup) -> dict:
   rates = [m["gflops"] for m in matmuls if m.get("gflops")]
-  return {
-      "cpu": harness.cpu_model(),
-      "cores": harness.cores(),
-      "device": next((m["device"] for m in matmuls if m.get("device")), None),
-      "jax": importlib.metadata.version("jax"),
-      "matmul_n": _MATMUL_SIZE.value,
-      "matmul_gflops": statistics.median(rates) if rates else None,
-      "matmul_gflops_range": [min(rates), max(rates)] if rates else None,
-      "malloc_huge_pages": _HUGE_PAGES.value,
-      "repeats": _REPEATS.value,
-      "rounds": _ROUNDS.value,
-      **dataclasses.asdict(setup),
-  }
+  return {"cpu": harness.cpu_model(), "cores": harness.cores(),
+          "device": next((m["device"] for m in matmuls if m.get("device")), None),
+          "jax": importlib.metadata.version("jax"), "matmul_n": _MATMUL_SIZE.value,
+          "matmul_gflops": statistics.median(rates) if rates else None,
+          "matmul_gflops_range": [min(rates), max(rates)] if rates else None,
+          "malloc_huge_pages": _HUGE_PAGES.value, "repeats": _REPEATS.value,
+          "rounds": _ROUNDS.value, **dataclasses.asdict(setup)}
 
 
 CSV_COLUMNS = ("mechanism", "length", "status", "median_s", "useful_gflop", "useful_gflops",
@@ -400,21 +363,18 @@ def markdown(rows: list[dict], machine: dict) -> str:
     matmul = (f"median {machine['matmul_gflops']:.1f} GFLOP/s over the lengths (from "
               f"{low:.1f} to {high:.1f})")
   fmt = harness.fmt
-  lines = [
+  return harness.markdown_page(
       "# Attention benchmark: forward + backward",
-      "",
       f"Machine: {machine['cpu']}, {machine['cores']} cores, JAX device {machine['device']}; "
       f"jax {machine['jax']}; {machine['dtype']}; window {machine['window']} (one-sided); "
       f"{machine['heads']} heads x {machine['head_dim']}; batch {machine['batch']}; "
       f"matmul rate ({machine['matmul_n']}^3, {machine['dtype']}): {matmul}; malloc on "
       f"huge pages: {'yes' if machine['malloc_huge_pages'] else 'no'}.",
-      "",
       f"Time: median of the timed steps ({machine['repeats']} per measuring process x "
       f"{machine['rounds']} round(s), pooled). Useful GFLOP/s: 3 x the forward FLOPs of the two "
       "matmuls over exactly the keys each query sees, per second. RSS in GB (1e9 bytes) of "
       "the measuring process: after setup (inputs allocated, before compiling) and peak.",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["mechanism", "length", "median time (s)", "useful GFLOP/s",
            "matmul GFLOP/s (this length)", "% of matmul rate", "setup RSS (GB)",
            "peak RSS (GB)", "note"], "lrrrrrrrl",
@@ -422,9 +382,7 @@ def markdown(rows: list[dict], machine: dict) -> str:
             fmt(row.get("useful_gflops"), ".2f"), fmt(row.get("matmul_gflops"), ".1f"),
             fmt(row.get("pct_of_matmul"), ".1f"), fmt(row.get("setup_rss_gb"), ".2f"),
             fmt(row.get("peak_rss_gb"), ".2f"), "" if row["status"] == "ok" else row["status"]]
-           for row in rows)),
-  ]
-  return "\n".join(lines) + "\n"
+           for row in rows)))
 
 
 def key_ratios(rows: list[dict]) -> list[str]:
@@ -471,8 +429,7 @@ def write_outputs(rows: list[dict], machine: dict, matmuls: list[dict], out: str
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   setup = Setup.from_flags()
   if _ONE.value:
     harness.print_record(measure_one(_ONE.value, setup))

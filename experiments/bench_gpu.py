@@ -48,10 +48,6 @@ for _name, _default in (("lengths", ["4096", "8192", "16384", "32768", "65536"])
                         ("dtype", "bfloat16"), ("repeats", 20), ("matmul_size", 8192),
                         ("out", "results/bench_gpu")):
   FLAGS.set_default(_name, _default)
-_METHODS = flags.DEFINE_list(
-    "methods", ["local_pallas", "causal_pallas", "dilated_pallas", "longformer_pallas",
-                "local_xla", "cudnn_full", "cudnn_causal_window", "tokamax_local",
-                "tokamax_causal"], "Methods to measure (see the module docstring).")
 _TASK_SHAPES = flags.DEFINE_list(
     "task_shapes", ["pathfinder:512x1024x4x8", "pathx:64x16384x2x16"],
     "Extra shapes as name:batch x length x heads x head_dim, measured for local_pallas, "
@@ -70,12 +66,6 @@ CSV_COLUMNS = ("method", "shape", "batch", "length", "heads", "head_dim", "statu
 MODEL_CONFIGS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "enwik8")
 
 
-def _band_pairs(length, window, heads, causal=False, dilations=None):
-  """Query-key pairs of the window pattern, summed over heads."""
-  return bench_attention.pattern_pairs(length, window, dilations or (1,) * heads,
-                                       causal=causal)
-
-
 def _tokamax(q, k, v, *, window, causal):
   import tokamax  # pylint: disable=g-import-not-at-top
   return tokamax.dot_product_attention(q, k, v, is_causal=causal,
@@ -84,34 +74,39 @@ def _tokamax(q, k, v, *, window, causal):
 
 
 def methods(window: int, heads: int):
-  """name -> (attend(q, k, v), pairs(length) per batch row, requirement or None)."""
+  """name -> (attend(q, k, v), its pattern as `bench_attention.pattern_pairs` arguments other
+  than the window of every head, requirement or None)."""
   dilations = tuple(1 if h < heads // 2 else 2 for h in range(heads))
   local = functools.partial(attention.sliding_window_attention, window=window)
+  band, causal = {}, {"causal": True}
   return {
-      "local_pallas": (functools.partial(local, implementation="pallas"),
-                       lambda n: _band_pairs(n, window, heads), None),
+      "local_pallas": (functools.partial(local, implementation="pallas"), band, None),
       "causal_pallas": (functools.partial(local, causal=True, implementation="pallas"),
-                        lambda n: _band_pairs(n, window, heads, causal=True), None),
+                        causal, None),
       "dilated_pallas": (functools.partial(local, dilation=dilations, implementation="pallas"),
-                         lambda n: _band_pairs(n, window, heads, dilations=dilations), None),
+                         {"dilations": dilations}, None),
       "longformer_pallas": (
           lambda q, k, v: attention.longformer_attention(
               q, k, v, window=window, implementation="pallas",
               global_mask=bench_attention.global_token_mask(q.shape[:2])),
-          lambda n: bench_attention.pattern_pairs(n, window, (1,) * heads, (0,)), None),
-      "local_xla": (functools.partial(local, implementation="xla"),
-                    lambda n: _band_pairs(n, window, heads), None),
+          {"global_positions": bench_attention.GLOBAL_POSITIONS}, None),
+      "local_xla": (functools.partial(local, implementation="xla"), band, None),
       "cudnn_full": (functools.partial(jax.nn.dot_product_attention, implementation="cudnn"),
-                     lambda n: heads * n * n, "gpu"),
+                     {"window": None}, "gpu"),
       "cudnn_causal_window": (
           functools.partial(jax.nn.dot_product_attention, is_causal=True,
                             local_window_size=(window, 0), implementation="cudnn"),
-          lambda n: _band_pairs(n, window, heads, causal=True), "gpu"),
-      "tokamax_local": (functools.partial(_tokamax, window=window, causal=False),
-                        lambda n: _band_pairs(n, window, heads), "tokamax"),
-      "tokamax_causal": (functools.partial(_tokamax, window=window, causal=True),
-                         lambda n: _band_pairs(n, window, heads, causal=True), "tokamax"),
+          causal, "gpu"),
+      "tokamax_local": (functools.partial(_tokamax, window=window, causal=False), band,
+                        "tokamax"),
+      "tokamax_causal": (functools.partial(_tokamax, window=window, causal=True), causal,
+                         "tokamax"),
   }
+
+
+_METHODS = flags.DEFINE_list("methods", list(methods(1, 2)),
+                             "Methods to measure (see the module docstring).")
+cli.subset_of("methods", list(methods(1, 2)), "the methods")
 
 
 def _unmet(requirement) -> str | None:
@@ -152,10 +147,12 @@ def _plan():
 
 def _measure_row(name, label, shape, dtype, matmul_tflops) -> dict:
   batch, length, heads, head_dim = shape
-  attend, pairs, requirement = methods(FLAGS.window, heads)[name]
+  attend, pattern, requirement = methods(FLAGS.window, heads)[name]
   row = {"method": name, "shape": label, "batch": batch, "length": length, "heads": heads,
          "head_dim": head_dim}
-  useful_tflop = 3 * 2 * 2 * batch * pairs(length) * head_dim / 1e12
+  pairs = bench_attention.pattern_pairs(
+      length, **{"window": FLAGS.window, "dilations": (1,) * heads, **pattern})
+  useful_tflop = 3 * 2 * 2 * batch * pairs * head_dim / 1e12
   row["status"] = _unmet(requirement) or "ok"
   if row["status"] == "ok":
     try:
@@ -186,16 +183,14 @@ def _bench_models(out: str) -> list[dict]:
 
 def markdown(rows, machine, models) -> str:
   fmt = harness.fmt
-  lines = [
+  return harness.markdown_page(
       "# Accelerator benchmark: forward + backward",
-      "",
       f"Device {machine['device']}; jax {machine['jax']}; {machine['dtype']}; window "
       f"{machine['window']} (one-sided); measured matmul rate "
       f"{machine['matmul_tflops']:.0f} TFLOP/s ({machine['matmul_n']}^3). Time: median of "
       f"{machine['repeats']} steps. Useful TFLOP/s: 3 x the forward FLOPs over the attended "
       "pairs. Memory: XLA's compiled footprint of the step.",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["method", "shape (batch x heads x head_dim)", "length", "median time (ms)",
            "useful TFLOP/s", "% of matmul rate", "memory (GB)", "note"], "llrrrrrl",
           ([row["method"], f"{row['batch']} x {row['heads']} x {row['head_dim']}",
@@ -203,24 +198,17 @@ def markdown(rows, machine, models) -> str:
             fmt(row.get("useful_tflops"), ".1f"), fmt(row.get("pct_of_matmul"), ".1f"),
             fmt(row.get("memory_gb"), ".2f"), "" if row["status"] == "ok" else row["status"]]
            for row in rows)),
-  ]
-  if models:
-    lines += ["", "Train steps of the paper configs (longformer attention):", ""]
-    lines += [f"- {m['task']}: {m['result']}" for m in models]
-  return "\n".join(lines) + "\n"
+      "Train steps of the paper configs (longformer attention):" if models else "",
+      [f"- {m['task']}: {m['result']}" for m in models])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   if jax.default_backend() == "cpu" and not _ALLOW_CPU.value:
     raise errors.ConfigError(
         "no GPU or TPU here (jax.default_backend() is 'cpu'): install jax for the "
         "accelerator (make ... ACCEL=cuda13), or pass --allow_cpu to check the command with "
         "interpret-mode kernels on small --lengths")
-  unknown = sorted(set(_METHODS.value) - set(methods(1, 2)))
-  if unknown:
-    raise errors.ConfigError(f"unknown --methods {unknown}; known: {', '.join(methods(1, 2))}")
   dtype = FLAGS.dtype
   print(f"matmul {FLAGS.matmul_size}^3 ({dtype}) ...", flush=True)
   matmul_tflops = harness.matmul_rate(FLAGS.matmul_size, dtype, warmup=FLAGS.warmup,

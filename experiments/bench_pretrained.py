@@ -7,15 +7,12 @@ Ours: `lra.models.longformer_pretrained.LongformerModel` with random weights of 
 `allenai/longformer-base-4096` shape (12 layers of 12 x 64 heads, MLP 3072, vocabulary
 50265; `--layers`, `--heads`, `--window` change it), the attention through the registry's
 `longformer` mechanism. One step is the jitted forward and the backward of
-`sum(last_hidden_state * g)` into every parameter, batch 1, `--global_tokens` leading
-global tokens, no dropout, float32: the step `experiments/bench_hf_longformer.py --model`
-times for HF's `LongformerModel` (HF's `attention_window` is twice our one-sided
-`--window`). `--remat` recomputes every layer in the backward pass on both sides (HF's
-gradient checkpointing). Each side runs in a fresh process, so that its peak RSS (`ru_maxrss`, which
-includes the interpreter and the libraries) is its own. With `--hf_python` (the
-interpreter of a scratch virtual environment holding torch and transformers, see
-`experiments/bench_hf_longformer.py`) HF's model is measured too and both are printed side
-by side; the JSON lines go to `--out/bench_pretrained.jsonl`.
+`sum(last_hidden_state * g)` into every parameter, batch 1, `--global_tokens` leading global
+tokens, no dropout, float32: the step that `experiments/bench_hf_longformer.py --model` times
+for HF's `LongformerModel` (run by `--hf_python`, a Python holding torch and transformers).
+`--remat` recomputes every layer in the backward pass on both sides. Each side runs in a
+fresh process, so that its peak RSS is its own; both are printed side by side, and their
+JSON lines appended to `--out/bench_pretrained.jsonl`.
 """
 
 import json
@@ -91,9 +88,8 @@ def _ours() -> dict:
 
 
 def _huggingface() -> dict:
-  script = os.path.join(harness.REPO, "experiments", "bench_hf_longformer.py")
   record = harness.measure_in_child_or_exit([
-      _HF_PYTHON.value, script, "--model", "--child", f"--lengths={_LENGTH.value}",
+      _HF_PYTHON.value, harness.HF_SCRIPT, "--model", "--child", f"--lengths={_LENGTH.value}",
       f"--layers={_LAYERS.value}", f"--heads={_HEADS.value}", f"--head_dim={HEAD_DIM}",
       f"--window={_WINDOW.value}", f"--global_tokens={_GLOBAL.value}",
       f"--repeats={_STEPS.value}", "--warmup=1", f"--threads={harness.cores()}"]

@@ -72,19 +72,17 @@ _CHECK_LENGTH = flags.DEFINE_integer(
     "check_length", 16384, "Length of each stretch checked against the single-device core.")
 # --out, shared with bench_attention, is the folder of the outputs here too.
 flags.FLAGS.set_default("out", "docs")
+PARTS = ("fixed", "search", "big")
 _PARTS = flags.DEFINE_list(
-    "parts", ["fixed", "search", "big"],
+    "parts", list(PARTS),
     "Parts to measure (1, 2, 3 above); the others are kept from the sequence_parallel.json "
     "already in --out, which must be of the same shapes.")
 _MEASURE = flags.DEFINE_string(
     "_measure", None, "Internal: `kind:devices:length:heads` in this process, as one JSON "
     "line (kind: run, compile, search or big).")
 
-PARTS = ("fixed", "search", "big")
-flags.register_validator("parts", lambda parts: set(parts) <= set(PARTS),
-                         f"must be a subset of {','.join(PARTS)}")
-flags.register_validator("sequence_devices", lambda ps: ps and all(
-    s.isdigit() and int(s) >= 1 for s in ps), "must be integers >= 1, e.g. 1,2,4,8")
+cli.subset_of("parts", PARTS, "the parts")
+cli.positive_ints("sequence_devices", "1,2,4,8")
 
 # Result bytes of a collective's output, per device: `f32[1,256,8,64]{...} collective-permute(`.
 _COLLECTIVE = re.compile(r"=\s*(.*?)\s(all-gather|collective-permute|all-reduce|reduce-scatter|"
@@ -160,22 +158,6 @@ def _compile(devices: int, length: int, heads: int, setup):
   }
 
 
-def _inputs(length: int, heads: int, setup, sharding):
-  """The output gradient, q, k and v, `[1, length, heads, head_dim]`: each device's shard
-  drawn by numpy on its own (no whole array is ever held in one place)."""
-  shape = (1, length, heads, setup.head_dim)
-
-  def shard(array_index, index):
-    rows = range(length)[index[1]]
-    rng = np.random.default_rng([array_index, rows.start])
-    return rng.standard_normal((1, len(rows), heads, setup.head_dim),
-                               np.float32).astype(jnp.dtype(setup.dtype))
-
-  return jax.block_until_ready([
-      jax.make_array_from_callback(shape, sharding, functools.partial(shard, i))
-      for i in range(4)])
-
-
 def _stretch_errors(inputs, results, setup) -> list[dict]:
   """Max |sharded - single-device core| of the output and the gradients on stretches around
   every shard boundary and at both ends: the core runs on the stretch alone, and rows whose
@@ -211,7 +193,8 @@ def _run_step(devices: int, length: int, heads: int, setup, *, repeats: int,
   if need_gb > 0.9 * available_gb:
     raise errors.UserError(f"not run: the step needs ~{need_gb:.1f} GB of this machine's "
                            f"memory and {available_gb:.1f} GB is available")
-  inputs = _inputs(length, heads, setup, sharding)
+  # The output gradient, q, k and v.
+  inputs = harness.random_inputs(4, (1, length, heads, setup.head_dim), setup.dtype, sharding)
   record["setup_rss_gb"] = harness.peak_rss_gb()
   timing = harness.time_jax_calls(lambda: compiled(*inputs), warmup, repeats)
   record.update(timing, peak_rss_gb=harness.peak_rss_gb())
@@ -334,43 +317,35 @@ def _search_row(r: dict) -> list:
 def markdown(results: dict) -> str:
   m = results["machine"]
   base = next((r for r in results["fixed"] if r["status"] == "ok" and r["devices"] == 1), None)
-  lines = [
+  blocks = [
       "# Sequence-parallel local attention: forward + backward on simulated devices",
-      "",
       f"Machine: {m['cpu']}, {m['cores']} cores; jax {m['jax']}; P simulated CPU devices in "
       f"one process (they share the cores and the memory); window {m['window']} "
       f"(one-sided), {m['heads']} heads x {m['head_dim']}, batch 1, {m['dtype']}. Measured "
       "by: " + "; ".join(f"{part}: `{by['command']}` at commit {by['commit']}"
                           for part, by in results["measured_by"].items()) + ".",
-      "",
       "Per-device memory: XLA's memory analysis of the compiled SPMD step (arguments + "
       "outputs + temporaries of one device). Received: bytes each device receives per step, "
       "summed over the collectives of the compiled HLO; the halo formula is "
       "8·w·H·D·itemsize + 2·w (k and v from both neighbours, their gradients back, the "
       "mask). Time and peak RSS are of the whole process (all P devices on the same cores).",
-      "",
       f"## Fixed total length {results['length']}",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["P", "shard length", "per-device memory (GB)", "x P=1",
            "args / outputs / temps (GB)", "step time (s)", "process peak RSS (GB)",
            "received per device (MB)", "halo formula (MB)", "collectives"], "rrrrlrrrrl",
           (_fixed_row(r, base) for r in results["fixed"])),
-  ]
-  lines += [
-      "",
       f"## Longest total length whose step fits {results['device_memory_gb']} GB per device",
-      "",
       "Compiled only (doubling, then bisection to a multiple of P·1024).",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["P", "longest length", "per-device memory (GB)", "received per device (MB)", "note"],
           "rrrrl", (_search_row(r) for r in results["search"])),
   ]
   big = results.get("big")
   if big:
-    lines += ["", f"## One step at total length {results['big_length']}", ""]
+    blocks.append(f"## One step at total length {results['big_length']}")
     compiled, run = big["compiled"], big["run"]
+    lines = []
     if compiled["status"] == "ok":
       lines.append(
           f"- {compiled['heads']} heads x {m['head_dim']}, P = {compiled['devices']}, "
@@ -391,12 +366,12 @@ def markdown(results: dict) -> str:
           f"{max(c['max_abs_value'] for c in run['checks']):.1f}).")
     else:
       lines.append(f"- executed: {run['status']}")
-  return "\n".join(lines) + "\n"
+    blocks.append(lines)
+  return harness.markdown_page(*blocks)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   setup = bench_attention.Setup.from_flags()
   if _MEASURE.value:
     harness.print_record(measure_one(_MEASURE.value, setup))
@@ -411,9 +386,7 @@ def main(argv):
       "big_length": _BIG_LENGTH.value, "check_length": _CHECK_LENGTH.value,
   }
   out = os.path.join(flags.FLAGS.out, "sequence_parallel")
-  results["measured_by"] = _kept_parts(results, out + ".json")
-  by = {"command": " ".join(["python -m experiments.bench_sequence_parallel", *sys.argv[1:]]),
-        "commit": harness.commit()}
+  kept_by = _kept_parts(results, out + ".json")
   if "fixed" in _PARTS.value:
     results["fixed"] = [{"devices": p, **_measure("run", p, length, heads)} for p in devices]
   if "search" in _PARTS.value:
@@ -425,14 +398,13 @@ def main(argv):
         "compiled": _measure("compile", most, _BIG_LENGTH.value, heads),
         "run": _measure("big", most, _BIG_LENGTH.value, _BIG_HEADS.value),
     }
-  results["measured_by"].update({part: by for part in _PARTS.value if part in results})
-  results["measured_by"] = {part: results["measured_by"][part] for part in PARTS
-                            if part in results["measured_by"]}
-  os.makedirs(flags.FLAGS.out, exist_ok=True)
-  harness.write_json(out + ".json", results)
+  by = {"command": " ".join(["python -m experiments.bench_sequence_parallel", *sys.argv[1:]]),
+        "commit": harness.commit()}
+  results["measured_by"] = {part: by if part in _PARTS.value else kept_by[part]
+                            for part in PARTS if part in results}
   text = markdown(results)
-  with open(out + "_tables.md", "w") as f:
-    f.write(text)
+  harness.write_outputs(flags.FLAGS.out, "sequence_parallel_tables", markdown=text)
+  harness.write_json(out + ".json", results)
   print()
   print(text)
   print(f"wrote {out}.json and {out}_tables.md")

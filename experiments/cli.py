@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -54,13 +54,9 @@ def _one_line(error: BaseException) -> str:
   return message.strip()
 
 
-def _verbosity_requested(argv: list[str]) -> bool:
-  return any(_VERBOSITY_ARG.match(arg) for arg in argv[1:])
-
-
 def _fail(error: BaseException, message: str, argv: list[str]) -> None:
   """Prints `error: message` (after the traceback with --verbosity), logs the cause, exits."""
-  if _verbosity_requested(argv):
+  if any(_VERBOSITY_ARG.match(arg) for arg in argv[1:]):
     traceback.print_exception(error, file=sys.stderr)
   if _CAUSES.handlers:
     _CAUSES.error("error: %s", message, exc_info=error)
@@ -216,11 +212,28 @@ class _ProjectFormatter(logging.Formatter):
     return message
 
 
+def positive_ints(name: str, example: str, *, allow_empty: bool = False) -> None:
+  """Validates the list flag `name`: integers >= 1, in the form of `example`."""
+  flags.register_validator(
+      name, lambda items: (allow_empty or bool(items)) and all(
+          s.isdigit() and int(s) > 0 for s in items), f"must be integers >= 1, e.g. {example}")
+
+
+def subset_of(name: str, choices: Sequence[str], what: str) -> None:
+  """Validates the list flag `name`: a subset of `choices`, which `what` names (empty or
+  unset: the default of the flag's program)."""
+  flags.register_validator(name, lambda names: not names or set(names) <= set(choices),
+                           f"must be a comma-separated subset of {what} ({','.join(choices)})")
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-  """`absl.app.run(main)`, with clear one-line errors for bad input."""
+  """`absl.app.run(main)`, with clear one-line errors for bad input; no entry point takes
+  positional arguments."""
 
   def guarded_main(argv):
     try:
+      if len(argv) > 1:
+        raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
       main(argv)
     except errors.UserError as e:
       _fail(e, str(e), sys.argv)

@@ -20,12 +20,8 @@ launches to its `wall_time.json`. Then writes, in --workdir:
   python -m experiments.compare --efficiency --config=configs/listops.py --size=small \
       --workdir=results/efficiency [--lengths=512,1024,... --batch=1]
 
-Measures the training steps/s and peak memory of each variant's whole model at each length
-instead (`experiments.efficiency`) and writes efficiency.md, efficiency.csv and
-efficiency.png: the measurements relative to full attention, the length from which each
-variant trains faster than it, and how its memory and time grow with length. Quadratic
-variants stop at --full_max_length, or where their estimated memory exceeds
---memory_limit_gb.
+Measures each variant's training speed and memory against length instead
+(`experiments/efficiency.py`): efficiency.md, efficiency.csv and efficiency.png.
 """
 
 import dataclasses
@@ -53,37 +49,20 @@ _ATTENTION = flags.DEFINE_list("attention", None,
                                "Variants to compare: registry variants (default: every one, "
                                f"now {', '.join(attention.variants())}).")
 _SIZE = flags.DEFINE_enum("size", "small", config_utils.SIZES, "Size of every run.")
-_SEEDS = flags.DEFINE_integer("seeds", 1, "Runs per variant, with config.seed 0, 1, ...")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Runs per variant, with config.seed 0, 1, ...",
+                              lower_bound=1)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the runs and of the outputs.")
 _OVERRIDES = flags.DEFINE_multi_string(
     "override", [], "A config `field=value` for every run or measurement (repeatable), "
     "e.g. --override=data_cache_dir=/tmp/data.")
 _EFFICIENCY = flags.DEFINE_bool(
     "efficiency", False, "Measure training speed and memory against length instead of "
-    "training (the flags below).")
-_LENGTHS = flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", "16384"],
-                             "--efficiency: sequence lengths.")
-_BATCH = flags.DEFINE_integer("batch", 1, "--efficiency: batch size.")
-_STEPS = flags.DEFINE_integer("steps", 3, "--efficiency: timed steps after the compiling one.")
-_FULL_MAX_LENGTH = flags.DEFINE_integer(
-    "full_max_length", 8192, "--efficiency: longest length measured for quadratic variants.")
-_MEMORY_LIMIT_GB = flags.DEFINE_float(
-    "memory_limit_gb", None, "--efficiency: skip a quadratic variant where its estimated memory "
-    "exceeds this many GB (default: half the machine's memory).")
+    "training (the flags of experiments/efficiency.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-flags.register_validator(
-    "attention", lambda names: names is None or (names and set(names) <= set(
-        attention.variants())),
-    f"must be a comma-separated subset of the registry's variants "
-    f"({','.join(attention.variants())})")
-flags.register_validator("lengths", lambda lengths: all(s.isdigit() and int(s) > 0
-                                                        for s in lengths),
-                         "must be positive integers, e.g. 1024,2048")
+cli.subset_of("attention", list(attention.variants()), "the registry's variants")
 flags.register_validator("override", lambda items: all("=" in item for item in items),
                          "must be field=value, e.g. data_cache_dir=/tmp/data")
-for _name in ("seeds", "batch", "steps"):
-  flags.register_validator(_name, lambda value: value >= 1, "must be >= 1")
 
 
 def _duration(seconds: float) -> str:
@@ -282,12 +261,10 @@ def _percent(mean: float, std: float | None) -> str:
 
 def comparison_markdown(rows: list[dict], task: str) -> str:
   majority = rows[0]["majority_class_rate"]
-  lines = [
+  return harness.markdown_page(
       f"# Attention variants on {task}, size {_SIZE.value}",
-      "",
       f"Made by `{_command()}`",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["variant", "seeds", "test accuracy", "best val accuracy", "steps/s",
            "peak memory (GB)", "parameters", "wall time per run"], "lrrrrrrr",
           ([row["variant"], row["seeds"],
@@ -297,14 +274,11 @@ def comparison_markdown(rows: list[dict], task: str) -> str:
             f"{row['num_params']:,}",
             "" if row["wall_time_s"] is None else _duration(row["wall_time_s"])]
            for row in rows)),
-      "",
       f"Accuracies: mean ± sample standard deviation over the seeds (config.seed 0 to "
       f"{_SEEDS.value - 1}); test accuracy is that of the best validation checkpoint. Steps/s "
       "(after compilation), peak memory (the accelerator's, or the process's peak RSS on "
       f"CPU) and wall time are means over seeds, on {rows[0]['devices']}."
-      + ("" if majority is None else f" Majority class of the test split: {100 * majority:.1f}%."),
-  ]
-  return "\n".join(lines) + "\n"
+      + ("" if majority is None else f" Majority class of the test split: {100 * majority:.1f}%."))
 
 
 def write_comparison(runs: list[Run], task: str) -> str:
@@ -333,18 +307,12 @@ def write_comparison(runs: list[Run], task: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   configs = _variant_configs()
   task = next(iter(configs.values()))[1]["task"]
   os.makedirs(_WORKDIR.value, exist_ok=True)
   if _EFFICIENCY.value:
-    settings = efficiency.Settings(
-        lengths=tuple(int(n) for n in _LENGTHS.value), batch=_BATCH.value, steps=_STEPS.value,
-        full_max_length=_FULL_MAX_LENGTH.value,
-        memory_limit_gb=_MEMORY_LIMIT_GB.value,
-        config_overrides=tuple(_config_overrides()))
-    print(efficiency.run(configs, task, _SIZE.value, settings, out=_WORKDIR.value,
+    print(efficiency.run(configs, task, _SIZE.value, _config_overrides(), out=_WORKDIR.value,
                          command=_command()))
     print(f"wrote {_WORKDIR.value}/efficiency.{{md,csv,png}}")
     return

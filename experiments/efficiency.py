@@ -5,15 +5,17 @@ Measures the training steps/s and peak memory of each variant's whole model at e
 measurement, on random tokens), relative to full attention (the first variant compared whose
 mechanism the registry marks quadratic), and finds the length from which each variant trains
 faster than it and how its memory and time grow with length. Writes efficiency.md,
-efficiency.csv and efficiency.png.
+efficiency.csv and efficiency.png. Defines compare's `--efficiency` flags.
 """
 
-import dataclasses
 import json
 import math
 import os
 import sys
 
+from absl import flags
+
+from experiments import cli
 from experiments import harness
 from lra import attention
 
@@ -25,39 +27,40 @@ COLUMNS = ("variant", "length", "batch", "status", "steps_per_sec", "steps_per_s
 _FULL_BYTES_PER_SCORE = 16
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """What is measured (compare's `--efficiency` flags)."""
-
-  lengths: tuple[int, ...]
-  batch: int
-  steps: int  # timed steps after the compiling one
-  full_max_length: int  # longest length of the quadratic variants
-  memory_limit_gb: float | None  # largest estimated memory of a quadratic variant
-  config_overrides: tuple[str, ...] = ()  # `--config.field=value` of every measurement
+_LENGTHS = flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", "16384"],
+                             "--efficiency: sequence lengths.")
+_BATCH = flags.DEFINE_integer("batch", 1, "--efficiency: batch size.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 3, "--efficiency: timed steps after the compiling one.",
+                              lower_bound=1)
+_FULL_MAX_LENGTH = flags.DEFINE_integer(
+    "full_max_length", 8192, "--efficiency: longest length measured for quadratic variants.")
+_MEMORY_LIMIT_GB = flags.DEFINE_float(
+    "memory_limit_gb", None, "--efficiency: skip a quadratic variant where its estimated memory "
+    "exceeds this many GB (default: half the machine's memory).")
+cli.positive_ints("lengths", "1024,2048")
 
 
 def _quadratic(config: dict) -> bool:
   return attention.get(config["attention"]["name"]).quadratic
 
 
-def _skip(config: dict, length: int, settings: Settings) -> str | None:
+def _skip(config: dict, length: int) -> str | None:
   """Why a variant is not measured at `length`, or None."""
   if not _quadratic(config):
     return None
   model = config["model"]
-  estimate_gb = (_FULL_BYTES_PER_SCORE * model["num_layers"] * settings.batch
+  estimate_gb = (_FULL_BYTES_PER_SCORE * model["num_layers"] * _BATCH.value
                  * model["num_heads"] * length**2 / 1e9)
-  return harness.quadratic_skip(length, estimate_gb, full_max_length=settings.full_max_length,
-                                memory_limit_gb=settings.memory_limit_gb,
+  return harness.quadratic_skip(length, estimate_gb, full_max_length=_FULL_MAX_LENGTH.value,
+                                memory_limit_gb=_MEMORY_LIMIT_GB.value,
                                 what="estimated step memory")
 
 
-def _bench(spec: str, length: int, settings: Settings, out: str) -> dict:
+def _bench(spec: str, length: int, overrides: list[str], out: str) -> dict:
   """One `experiments.bench_model` measurement, or why it failed."""
-  command = [sys.executable, "-m", "experiments.bench_model", f"--config={spec}",
-             *settings.config_overrides, f"--config.batch_size={settings.batch}",
-             f"--config.data.max_length={length}", f"--steps={settings.steps}", f"--out={out}"]
+  command = [sys.executable, "-m", "experiments.bench_model", f"--config={spec}", *overrides,
+             f"--config.batch_size={_BATCH.value}", f"--config.data.max_length={length}",
+             f"--steps={_STEPS.value}", f"--out={out}"]
   stdout, failure = harness.run_child(command)
   if stdout is None:
     return {"status": f"failed: {failure}"}
@@ -113,42 +116,37 @@ def _device(rows: list[dict]) -> str:
 def markdown(rows: list[dict], title: str, full_variant: str | None, steps: int,
              command: str) -> str:
   fmt = harness.fmt
-  lines = [
+  return harness.markdown_page(
       f"# Training speed and memory against length: {title}",
-      "",
       f"Made by `{command}`",
-      "",
-      *harness.markdown_table(
+      harness.markdown_table(
           ["variant", "length", "steps/s", f"steps/s vs {full_variant}", "peak memory (GB)",
            f"memory vs {full_variant}", "note"], "lrrrrrl",
           ([row["variant"], row["length"], fmt(row.get("steps_per_sec"), ".3f"),
             fmt(row.get("steps_per_sec_vs_full"), ".2f"), fmt(row.get("peak_memory_gb"), ".2f"),
             fmt(row.get("memory_vs_full"), ".2f"), "" if row["status"] == "ok" else row["status"]]
            for row in rows)),
-      "",
       f"Each row: the jitted train step of the whole model (`experiments.bench_model`, random "
       f"tokens, no padding) in a fresh process on {_device(rows)} with {harness.cores()} cores; "
       f"steps/s from the median of {steps} steps after the compiling one; peak "
       "memory is the process's peak RSS (GB, 1e9 bytes), JAX's runtime included.",
-      "",
-      *(f"- {line}" for line in findings(rows, full_variant)),
-  ]
-  return "\n".join(lines) + "\n"
+      [f"- {line}" for line in findings(rows, full_variant)])
 
 
-def run(configs: dict[str, tuple[str, dict]], task: str, size: str, settings: Settings, *,
+def run(configs: dict[str, tuple[str, dict]], task: str, size: str, overrides: list[str], *,
         out: str, command: str) -> str:
   """Measures every (length, variant) of `configs` (variant -> (config spec, its config as
-  JSON)), lengths outside so that machine noise falls on all variants alike; writes
-  efficiency.{md,csv,png} in `out` and returns the Markdown."""
-  plan = [(variant, length) for length in settings.lengths for variant in configs]
+  JSON)) with the `--config.field=value` `overrides`, lengths outside so that machine noise
+  falls on all variants alike; writes efficiency.{md,csv,png} in `out`, returns the Markdown."""
+  batch = _BATCH.value
+  plan = [(variant, length) for length in map(int, _LENGTHS.value) for variant in configs]
   rows = []
   for index, (variant, length) in enumerate(plan, 1):
     print(f"[{index}/{len(plan)}] {variant} length {length} ...", flush=True)
     spec, config = configs[variant]
-    skip = _skip(config, length, settings)
-    row = {"variant": variant, "length": length, "batch": settings.batch,
-           **({"status": skip} if skip else _bench(spec, length, settings, out))}
+    skip = _skip(config, length)
+    row = {"variant": variant, "length": length, "batch": batch,
+           **({"status": skip} if skip else _bench(spec, length, overrides, out))}
     rows.append(row)
     print(f"  {row['steps_per_sec']:.3f} steps/s, peak memory {row['peak_memory_gb']:.2f} GB"
           if row["status"] == "ok" else f"  {row['status']}", flush=True)
@@ -158,13 +156,13 @@ def run(configs: dict[str, tuple[str, dict]], task: str, size: str, settings: Se
   for row in rows:  # the plot's time axis: lower is better, as in Longformer's Figure 1
     if row["status"] == "ok":
       row["step_s"] = 1 / row["steps_per_sec"]
-  text = markdown(rows, f"{task}, size {size}, batch {settings.batch}", full_variant,
-                  settings.steps, command)
+  text = markdown(rows, f"{task}, size {size}, batch {batch}", full_variant, _STEPS.value,
+                  command)
   harness.write_outputs(
       out, "efficiency", markdown=text, columns=COLUMNS, rows=rows,
       figure=dict(name_key="variant",
                   panels=[("step_s", "seconds per training step", "training step time"),
                           ("peak_memory_gb", "peak RSS (GB)", "peak memory")],
-                  title=f"{task} {size} model, batch {settings.batch}, whole train step, "
+                  title=f"{task} {size} model, batch {batch}, whole train step, "
                         f"{_device(rows)} ({harness.cores()} cores)"))
   return text

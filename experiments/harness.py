@@ -1,20 +1,16 @@
-"""What every benchmark of `experiments/` measures with: one implementation each.
-
-  - process isolation: `measure_in_child` runs a measuring process whose last stdout line
-    is its JSON record, so that its peak memory is its own;
-  - timing: `time_calls` (warm-up calls, then the median of the timed ones), of a step such
-    as `forward_backward`'s;
-  - memory: `peak_rss_gb` (the process's high-water mark), `compiled_memory_gb` (XLA's
-    footprint of a compiled program);
-  - the machine: `matmul_rate` (what the benchmarks put their rates in proportion to),
-    `cpu_model`, `cores`, `device_name`, `commit`;
-  - outputs: `markdown_table`, and `write_outputs` for `<stem>.{md,csv,json,png}`.
+"""What every benchmark of `experiments/` measures with, one implementation each: process
+isolation (`measure_in_child`: a measuring process whose last stdout line is its JSON record,
+so that its peak memory is its own), timing (`time_calls`: warm-up calls, then the median of
+the timed ones), memory (`peak_rss_gb`, `compiled_memory_gb`), the machine (`matmul_rate`,
+which the benchmarks put their rates in proportion to, `cpu_model`, `cores`, `device_name`,
+`commit`) and outputs (`markdown_table`, `markdown_page`, `write_outputs`).
 
 Importable without jax, absl or lra: `experiments/bench_hf_longformer.py` runs it under a
 Python that holds only torch and transformers, so jax is imported where it is used.
 """
 
 import csv
+import functools
 import json
 import os
 import platform
@@ -27,6 +23,8 @@ import time
 from typing import Callable, Iterable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Measures HF's Longformer, run by a Python that holds torch and transformers.
+HF_SCRIPT = os.path.join(REPO, "experiments", "bench_hf_longformer.py")
 # The last "SomeError: message" line of an error text that wraps a traceback.
 ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.*)$")
 
@@ -183,16 +181,23 @@ def quadratic_skip(length: int, estimate_gb: float, *, full_max_length: int,
 # The machine.
 
 
-def random_inputs(count: int, shape: Sequence[int], dtype: str) -> list:
-  """`count` standard-normal jax arrays of `shape`, on the default device."""
+def random_inputs(count: int, shape: Sequence[int], dtype: str, sharding=None) -> list:
+  """`count` standard-normal jax arrays of `shape`, on the default device or laid out by
+  `sharding`: each shard is drawn on its own, so that no whole array is held in one place."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  # Drawn by numpy: jax.random would compile a few ops first, seconds on a small machine.
-  rng = np.random.default_rng(0)
-  return jax.block_until_ready(
-      [jax.device_put(rng.standard_normal(shape, np.float32).astype(jnp.dtype(dtype)))
-       for _ in range(count)])
+
+  def shard(array_index, index):
+    # Drawn by numpy: jax.random would compile a few ops first, seconds on a small machine.
+    spans = [range(n)[s] for n, s in zip(shape, index)]
+    rng = np.random.default_rng([array_index, *(span.start for span in spans)])
+    return rng.standard_normal([len(span) for span in spans], np.float32).astype(
+        jnp.dtype(dtype))
+
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.block_until_ready([jax.make_array_from_callback(
+      tuple(shape), sharding, functools.partial(shard, i)) for i in range(count)])
 
 
 def device_name() -> str:
@@ -251,6 +256,12 @@ def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence]) 
   rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
   return [f"| {' | '.join(header)} |", rule,
           *(f"| {' | '.join(str(cell) for cell in row)} |" for row in rows)]
+
+
+def markdown_page(*blocks: str | Sequence[str]) -> str:
+  """Markdown of `blocks` (a paragraph, or the lines of a table or list), each two apart by a
+  blank line; empty blocks are left out."""
+  return "\n\n".join(b if isinstance(b, str) else "\n".join(b) for b in blocks if b) + "\n"
 
 
 def write_json(path: str, value) -> None:

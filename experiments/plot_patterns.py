@@ -91,24 +91,18 @@ _WINDOW = flags.DEFINE_integer("window", 3, "One-sided window w.")
 _DILATIONS = flags.DEFINE_list(
     "dilations", ["1", "2"],
     "Dilation of each head drawn, for the presets that set a dilation (e.g. dilated).")
-_PADDING = flags.DEFINE_integer("padding", 4, "Padded positions at the end (0 for none).")
+_PADDING = flags.DEFINE_integer("padding", 4, "Padded positions at the end (0 for none).",
+                                lower_bound=0)
 _BLOCK_SIZE = flags.DEFINE_integer(
     "block_size", 0, "Outline the blocked core's score tiles for query blocks of this size "
-    "(0: none).")
+    "(0: none).", lower_bound=0)
 _OUT = flags.DEFINE_string("out", "results/patterns", "Folder of attention_patterns.png.")
 
 for _name in ("attention", "causal"):
-  flags.register_validator(
-      _name, lambda names: not names or set(names) <= set(attention.variants()),
-      f"must be a comma-separated subset of the registry's variants "
-      f"({','.join(attention.variants())})")
+  cli.subset_of(_name, list(attention.variants()), "the registry's variants")
 flags.register_validator("length", lambda n: n >= 2, "must be >= 2")
 flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
-flags.register_validator("dilations", lambda ds: ds and all(s.isdigit() and int(s) > 0
-                                                            for s in ds),
-                         "must be integers >= 1, e.g. 1,2")
-flags.register_validator("padding", lambda n: n >= 0, "must be >= 0")
-flags.register_validator("block_size", lambda n: n >= 0, "must be >= 0 (0: no tiles)")
+cli.positive_ints("dilations", "1,2")
 
 # Cell categories, in colour-map order.
 NOT_SEEN, WINDOW, GLOBAL, PADDING = range(4)
@@ -118,10 +112,8 @@ LEGEND = {NOT_SEEN: ("not seen", "white"), WINDOW: ("window", "#3b6ea8"),
 
 def categories(panel: Panel, length: int, padding: int) -> np.ndarray:
   """int `[length, length]` (query, key): the category of every cell of the panel."""
-  global_mask = None
-  if panel.global_positions:
-    global_mask = np.zeros((1, length), bool)
-    global_mask[0, list(panel.global_positions)] = True
+  global_mask = (np.isin(np.arange(length), panel.global_positions)[None]
+                 if panel.global_positions else None)
   real = (np.arange(length) < length - padding)[None]
 
   def pattern(**masks):
@@ -194,8 +186,7 @@ def draw(panels: list[Panel], length: int, window: int, padding: int, path: str,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   length, window, padding = _LENGTH.value, _WINDOW.value, _PADDING.value
   if padding >= length:
     raise errors.ConfigError(f"--padding={padding} leaves no real token of --length={length}")

@@ -40,21 +40,16 @@ def training_curves(metrics_path: str, out_png: str, *, title: str) -> None:
   """Loss (train and validation) and accuracy or bits per character, side by side."""
   records = read_metrics(metrics_path)
   score = next((k for k in ("accuracy", "bpc") if any(f"val_{k}" in r for r in records)), None)
-  fig, axes = plt.subplots(1, 2 if score else 1, figsize=(10 if score else 5, 3.6),
-                           squeeze=False)
-  for split in ("train", "val"):
-    axes[0, 0].plot(*series(records, f"{split}_loss"), label=split,
-                    marker="o" if split == "val" else None)
-  axes[0, 0].set(xlabel="step", ylabel="loss", title=title)
-  axes[0, 0].legend()
-  if score:
+  keys = ["loss", score] if score else ["loss"]
+  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+  for ax, key in zip(axes.flat, keys):
     for split in ("train", "val"):
-      axes[0, 1].plot(*series(records, f"{split}_{score}"), label=split,
-                      marker="o" if split == "val" else None)
-    axes[0, 1].set(xlabel="step", ylabel=score)
-    axes[0, 1].legend()
-  for ax in axes.flat:
+      ax.plot(*series(records, f"{split}_{key}"), label=split,
+              marker="o" if split == "val" else None)
+    ax.set(xlabel="step", ylabel=key)
     ax.grid(alpha=0.3)
+    ax.legend()
+  axes[0, 0].set_title(title)
   _save(fig, out_png)
 
 
