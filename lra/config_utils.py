@@ -232,7 +232,8 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
   config.optimizer.warmup_steps = preset.warmup
   config.optimizer.weight_decay = weight_decay if paper else 0.01
   config.optimizer.grad_clip = grad_clip if paper else 1.0
-  config.pretrain = pretrain_config(args.pretrain, preset, config.get_ref("batch_size"),
+  config.pretrain = pretrain_config(args.pretrain, preset,
+                                    config.get_ref("batch_size").identity(),
                                     **(pretrain or {}).get(args.size, {}))
   return config
 

@@ -365,13 +365,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config` in `workdir` (resuming if possible); returns the results dict."""
   task = lra_data.task(config)
   phases = task.phases(config)
-  _check_config(config, phases)
   pretraining.check(config)
   objective = pretraining.objective(config)
   pretrain_config = None
+  batch_sizes = dict(phases.batch_sizes)
   if objective != "none":
     pretrain_config = pretraining.stage_config(config)
-    _check_config(pretrain_config, lra_data.single_phase(pretrain_config))
+    batch_sizes["pretrain.batch_size"] = config.pretrain.batch_size
+  _check_config(config, dataclasses.replace(phases, batch_sizes=batch_sizes))
   run = _Workdir(workdir, config)
   data = lra_data.load(config)
   if objective == "mlm":

@@ -34,7 +34,7 @@ class SelfPretrainingLM(nnx.Module):
     # tokens predict themselves.
     h = h[:, :-1] if self.causal else h[:, 1:]
     logits = self.encode.encoder.embed.attend(h).astype(jnp.float32)
-    return logits + self.output_bias[...]
+    return logits + self.output_bias[...][None, None, :]
 
   def metrics(self, batch, *, deterministic: bool = True, rngs=None):
     """Summed cross-entropy and correct predictions over the weighted tokens, their count."""
