@@ -25,6 +25,7 @@ from lra import models
 from lra import pretraining
 from lra import train
 from lra.data import PAD_ID
+from tests import test_tasks
 from tests.entry_points import comparable
 from tests.entry_points import finish
 from tests.entry_points import launch
@@ -339,3 +340,36 @@ def test_bad_pretrain_values_are_one_config_error(tmp_path, field, value, messag
 def test_pretrain_argument_is_checked():
   with pytest.raises(errors.ConfigError, match="pretrain must be one of none, mlm, causal"):
     config_utils.load_config("configs/listops.py:size=tiny,pretrain=bert")
+
+
+# The objective each task's tiny run pretrains with: both run on every kind of input.
+TASK_OBJECTIVES = {"listops": "mlm", "text": "mlm", "retrieval": "mlm", "image": "causal",
+                   "pathfinder": "mlm", "pathx": "causal"}
+
+
+# Two stages compile twice: the heavy tasks' runs take minutes on 2 cores, so `make test`
+# runs ListOps, Image and Pathfinder (tokens, pixels; both objectives) and `make test-slow`
+# the byte tasks and Path-X too (the pipeline tests cover retrieval's pairs).
+@pytest.mark.parametrize("task", [
+    pytest.param(task, marks=[pytest.mark.slow] if task in test_tasks.HEAVY_TASKS else [])
+    for task in sorted(TASK_OBJECTIVES)])
+def test_pretrain_then_fine_tune_every_task(tmp_path, task):
+  objective = TASK_OBJECTIVES[task]
+  config = config_utils.load_config(
+      f"configs/{task}.py:attention=full,size=tiny,pretrain={objective}")
+  with config.unlocked():
+    config.data_path = test_tasks.TASKS[task](tmp_path / "data")
+    config.data_cache_dir = str(tmp_path / "cache")
+    if task in ("text", "retrieval"):
+      config.data.max_length = test_tasks.BYTE_TASK_LENGTH
+    config.pretrain.num_steps = 1
+    config.num_train_steps = 1
+    config.eval_every_steps = config.checkpoint_every_steps = config.log_every_steps = 1
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["pretrain_objective"] == objective and results["best_val_step"] == 2
+  assert 0 <= results["pretrain_accuracy"] <= 1 and 0 <= results["test_accuracy"] <= 1
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [r["step"] for r in records if "pretrain_loss" in r] == [1]
+  assert [r["step"] for r in records if "train_loss" in r] == [2]
+  vocab = json.load(open(tmp_path / "run" / "vocab.json"))
+  assert (vocab[-1] == pretraining.MASK_TOKEN) == (objective == "mlm")
