@@ -233,28 +233,30 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
   config.optimizer.weight_decay = weight_decay if paper else 0.01
   config.optimizer.grad_clip = grad_clip if paper else 1.0
   config.pretrain = pretrain_config(args.pretrain, preset,
-                                    config.get_ref("batch_size").identity(),
+                                    config.get_ref("batch_size").identity(), paper=paper,
                                     **(pretrain or {}).get(args.size, {}))
   return config
 
 
 def pretrain_config(objective: str, preset: Preset, batch_size: config_dict.FieldReference,
-                    **overrides) -> ml_collections.ConfigDict:
+                    *, paper: bool, **overrides) -> ml_collections.ConfigDict:
   """`config.pretrain`: self-pretraining before fine-tuning (see `lra.pretraining`).
 
-  By default the stage trains as many steps as fine-tuning, at the preset's batch size
-  and peak learning rate with a cosine schedule, masking 15% of the tokens one by one
-  (BERT's rate); `overrides` are a task's own values.
+  By default the stage trains as many steps as fine-tuning, at the preset's batch size,
+  peak learning rate and warmup, masking single tokens. At size=paper it follows the SPT
+  authors' recipe (github.com/IdoAmos/not-from-scratch): 50% of the tokens masked, a
+  constant rate after the warmup. Smaller sizes mask 15% (BERT's rate) with a cosine
+  schedule (docs/self_pretraining.md). `overrides` are a task's own values.
   """
   config = ml_collections.ConfigDict({
       "objective": objective,  # none | mlm | causal
       "num_steps": preset.steps,  # optimizer steps of pretraining, before fine-tuning's
       "learning_rate": preset.learning_rate,  # peak learning rate of pretraining
       "warmup_steps": preset.warmup,  # linear warmup of pretraining
-      "schedule": "cosine",  # rsqrt | cosine | constant
+      "schedule": "constant" if paper else "cosine",  # rsqrt | cosine | constant
       "batch_size": batch_size,  # sequences per step (a retrieval pair is two); follows
                                  # batch_size
-      "mask_rate": 0.15,  # mlm: share of each sequence's real tokens masked
+      "mask_rate": 0.5 if paper else 0.15,  # mlm: share of each sequence's real tokens masked
       "mean_span": 1.0,  # mlm: mean length of the masked spans (1: single tokens)
   })
   config.update(overrides)

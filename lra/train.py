@@ -9,6 +9,18 @@ object per logged step), `checkpoints/` (train state + data iterator, for exact 
 Each phase of training (one for most tasks) has its own model graph and jitted steps over
 shared parameters. Progress goes to `absl.logging`.
 
+A run is one stage, or two with self-pretraining (`config.pretrain.objective` mlm or causal;
+`lra.pretraining`): the `pretrain` stage trains steps 1 .. `pretrain.num_steps` on the
+training inputs alone (an LM on the task model's encoder; no validation, no labels), then
+the task's stage trains the next `num_train_steps` steps from the pretrained encoder with a
+fresh head, a fresh optimizer state and its own schedule. Each stage has its own
+parameters, optimizer state, batches and phases; its phases and logging, evaluation and
+checkpoint intervals count its own steps, while `metrics.jsonl` and the checkpoints number
+the run's steps (its records are `pretrain_*` in the first stage, `train_*` and `val_*` in
+the second). Both stages end with a checkpoint, so a relaunch resumes exactly across the
+boundary too; `results.json` adds the pretraining loss and accuracy (of the predicted
+tokens, over its last logging window), its steps/s and each stage's wall time.
+
 Relaunching on the same workdir resumes from the last checkpoint: the batches, dropout
 keys and metrics after it are those of an uninterrupted run. The test score is that of the
 best validation checkpoint, never of the last step (unless `best/` was emptied by hand; then
