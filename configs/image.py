@@ -6,7 +6,7 @@ Launch (data: https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, unpacked)
       --config.data_path=cifar-10-batches-py --workdir=runs/image
 
 Arguments: attention=full|local|dilated|longformer, size=paper|small|tiny, window=,
-dilation= (see configs/listops.py).
+dilation=, pretrain=none|mlm|causal (see configs/listops.py).
 
 size=paper follows LRA's CIFAR-10 Transformer (with the maintainers' fix of 8 heads, LRA
 issue #33): 1 layer, 128 wide, 8 heads, MLP 128, batch 256, 35000 steps (200 epochs),

@@ -8,7 +8,9 @@ Launch (the data is generated when `data_path` is unset and size is small or tin
       --config.data_path=lra_release/lra_release/listops-1000 --workdir=runs/listops_paper
 
 Arguments after the colon: attention=full|local|dilated|longformer, size=paper|small|tiny,
-window=<one-sided window, 0 = the size's default>, dilation=<d or d/d/.../d per head>.
+window=<one-sided window, 0 = the size's default>, dilation=<d or d/d/.../d per head>,
+pretrain=none|mlm|causal (self-pretraining on the training inputs, then fine-tuning, in one
+launch; none, the default, trains from scratch; `config.pretrain`, docs/self_pretraining.md).
 
 size=paper is LRA's published setup (repo config `listops/configs/base_listops_config.py`,
 which the paper's appendix matches): 4 layers, 512 wide, 8 heads, MLP 1024, batch 32, 5000

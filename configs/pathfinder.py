@@ -9,7 +9,7 @@ release lra_release.gz, folder lra_release/lra_release/pathfinder32):
       --config.data_path=lra_release/lra_release/pathfinder32 --workdir=runs/pathfinder
 
 Arguments: attention=full|local|dilated|longformer, size=paper|small|tiny, window=,
-dilation= (see configs/listops.py).
+dilation=, pretrain=none|mlm|causal (see configs/listops.py).
 
 size=paper follows LRA's Pathfinder-32 Transformer: 4 layers, 32 wide, 4 heads, MLP 32,
 batch 512, 62400 steps (200 epochs of 160k images), learning rate 1e-3 with 312 warmup

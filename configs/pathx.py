@@ -7,7 +7,7 @@ or generate it with `python -m experiments.generate_data pathfinder --resolution
       --config.data_path=lra_release/lra_release/pathfinder128 --workdir=runs/pathx
 
 Arguments: attention=full|local|dilated|longformer, size=paper|small|tiny, window=,
-dilation= (see configs/listops.py).
+dilation=, pretrain=none|mlm|causal (see configs/listops.py).
 
 size=paper follows LRA's Pathfinder-128 config: 1 layer, 32 wide, 2 heads, batch 64,
 learned positions, MEAN pooling, gradient clipping 1.0, the `hard` split; its MLP width,

@@ -7,7 +7,7 @@ new_aan_pairs.{train,eval,test}.tsv):
       --config.data_path=lra_release/lra_release/tsv_data --workdir=runs/retrieval
 
 Arguments: attention=full|local|dilated|longformer, size=paper|small|tiny, window=,
-dilation= (see configs/listops.py).
+dilation=, pretrain=none|mlm|causal (see configs/listops.py).
 
 size=paper follows LRA: a dual encoder with shared weights, 4 layers, 128 wide, 4 heads,
 MLP 512, 4000 bytes per document, batch 32, 5000 steps, learning rate 0.05 x warmup(8000)

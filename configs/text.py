@@ -6,7 +6,7 @@ Launch (data: https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz, u
       --config.data_path=aclImdb --workdir=runs/text
 
 Arguments: attention=full|local|dilated|longformer, size=paper|small|tiny, window=,
-dilation= (see configs/listops.py).
+dilation=, pretrain=none|mlm|causal (see configs/listops.py).
 
 size=paper follows the LRA paper's appendix: 6 layers, 512 wide, 8 heads, MLP 2048, bytes
 up to 4000, batch 32, 20000 steps, peak learning rate 0.05/sqrt(8000) = 5.6e-4 after 8000

@@ -2,17 +2,20 @@ r"""Compares attention variants on one task: accuracy, speed, memory, and their 
 
   python -m experiments.compare --config=configs/listops.py \
       [--attention=<variants of the registry; default: every one>] --size=small --seeds=3 \
-      --workdir=results/compare_listops_small
+      [--pretrain=none,mlm] --workdir=results/compare_listops_small
 
-Trains one run per (variant, seed) in `--workdir/<variant>_seed<k>/`, each by
+Trains one run per (variant, pretraining, seed) in `--workdir/<variant>_seed<k>/` (from
+scratch) or `--workdir/<variant>_<objective>_seed<k>/` (self-pretrained, `lra.pretraining`:
+the config argument `pretrain=<objective>`), each by
 `python -m experiments.train` in its own process (so that its peak memory is its own), every
 variant of a seed before the next seed. A run whose `results.json` exists is reused; an
 interrupted one is relaunched on its workdir and resumes from its last checkpoint. A run's
 output goes to its `log.txt` (its progress lines are shown here too) and the wall time of its
 launches to its `wall_time.json`. Then writes, in --workdir:
-  comparison.md, comparison.csv  per variant: test accuracy mean +- std over seeds, best
+  comparison.md, comparison.csv  per variant and pretraining: test accuracy mean +- std
+                                 over seeds, best
                                  validation accuracy, steps/s, peak memory, parameters,
-                                 wall time per run
+                                 wall time per run (pretraining included)
   val_accuracy.png               validation accuracy against step, mean over seeds, shaded
                                  from the lowest to the highest seed
   accuracy_vs_throughput.png     test accuracy against training steps/s
@@ -51,6 +54,9 @@ _ATTENTION = flags.DEFINE_list("attention", None,
 _SIZE = flags.DEFINE_enum("size", "small", config_utils.SIZES, "Size of every run.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Runs per variant, with config.seed 0, 1, ...",
                               lower_bound=1)
+_PRETRAIN = flags.DEFINE_list(
+    "pretrain", ["none"], "Self-pretraining objectives to compare, each crossed with every "
+    f"variant: {', '.join(config_utils.PRETRAIN_OBJECTIVES)} (none: from scratch).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the runs and of the outputs.")
 _OVERRIDES = flags.DEFINE_multi_string(
     "override", [], "A config `field=value` for every run or measurement (repeatable), "
@@ -61,6 +67,7 @@ _EFFICIENCY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 cli.subset_of("attention", list(attention.variants()), "the registry's variants")
+cli.subset_of("pretrain", list(config_utils.PRETRAIN_OBJECTIVES), "the pretraining objectives")
 flags.register_validator("override", lambda items: all("=" in item for item in items),
                          "must be field=value, e.g. data_cache_dir=/tmp/data")
 
@@ -81,18 +88,28 @@ def _command() -> str:
   return shlex.join(["python", "-m", "experiments.compare", *sys.argv[1:]])
 
 
+def _label(variant: str, pretrain: str) -> str:
+  """A run group's name in the tables and figures: the variant, and its pretraining."""
+  return variant if pretrain == "none" else f"{variant} + {pretrain}"
+
+
 def _variant_configs() -> dict[str, tuple[str, dict]]:
-  """variant -> (config spec, its config as JSON), checked by loading every spec."""
+  """label (`_label`) -> (config spec, its config as JSON), checked by loading every spec."""
   path, _, arg = _CONFIG.value.partition(":")
   given = {item.partition("=")[0] for item in arg.split(",")}
-  if given & {"attention", "size"}:
-    raise errors.ConfigError("choose the variants with --attention and the size with --size, "
-                             f"not in --config={_CONFIG.value}")
+  if given & {"attention", "size", "pretrain"}:
+    raise errors.ConfigError("choose the variants with --attention, the size with --size and "
+                             f"the pretraining with --pretrain, not in --config={_CONFIG.value}")
   configs = {}
-  for variant in dict.fromkeys(_ATTENTION.value or attention.variants()):
-    spec = f"{path}:{','.join(filter(None, (arg, f'attention={variant}', f'size={_SIZE.value}')))}"
-    # A config file that does not take these arguments fails here, in one line.
-    configs[variant] = spec, json.loads(config_utils.load_config(spec).to_json_best_effort())
+  for pretrain in dict.fromkeys(_PRETRAIN.value or ["none"]):
+    for variant in dict.fromkeys(_ATTENTION.value or attention.variants()):
+      # pretrain=none is the config's default: not passed, for configs without the argument.
+      extra = [f"attention={variant}", f"size={_SIZE.value}",
+               *([f"pretrain={pretrain}"] if pretrain != "none" else [])]
+      spec = f"{path}:{','.join(filter(None, (arg, *extra)))}"
+      # A config file that does not take these arguments fails here, in one line.
+      configs[_label(variant, pretrain)] = spec, json.loads(
+          config_utils.load_config(spec).to_json_best_effort())
   return configs
 
 
@@ -106,7 +123,7 @@ def _config_overrides() -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  variant: str
+  variant: str  # the group's label: variant, and its pretraining (`_label`)
   seed: int
   workdir: str
 
@@ -129,10 +146,11 @@ class Run:
 
 
 def _identity(config: dict) -> tuple:
-  """What a sweep sets in a run's config: task, size, seed and attention variant."""
+  """What a sweep sets in a run's config: task, size, seed, attention variant and the
+  pretraining objective."""
   attention = config["attention"]
   return (config["task"], config["size"], config["seed"], attention["name"],
-          attention.get("dilation"))
+          attention.get("dilation"), config.get("pretrain", {}).get("objective", "none"))
 
 
 def _check_reusable(run: Run, config: dict) -> None:
@@ -140,7 +158,7 @@ def _check_reusable(run: Run, config: dict) -> None:
   found = _read_json(run.file("config.json"))
   if _identity(found) != _identity(wanted):
     raise errors.ConfigError(
-        f"{run.workdir} holds a run of another config (task, size, seed, attention: "
+        f"{run.workdir} holds a run of another config (task, size, seed, attention, pretrain: "
         f"{_identity(found)}, not {_identity(wanted)}); use a new --workdir")
 
 
@@ -197,8 +215,9 @@ def _eta(runs: list[Run]) -> str:
 
 def sweep(configs: dict[str, tuple[str, dict]]) -> list[Run]:
   """Trains every (variant, seed) that has not finished; returns all the runs."""
-  runs = [Run(variant, seed, os.path.join(_WORKDIR.value, f"{variant}_seed{seed}"))
-          for seed in range(_SEEDS.value) for variant in configs]
+  runs = [Run(label, seed, os.path.join(_WORKDIR.value,
+                                        f"{label.replace(' + ', '_')}_seed{seed}"))
+          for seed in range(_SEEDS.value) for label in configs]
   for index, run in enumerate(runs, 1):
     spec, config = configs[run.variant]
     header = f"[run {index}/{len(runs)}] {run.name}"
@@ -215,7 +234,7 @@ def sweep(configs: dict[str, tuple[str, dict]]) -> list[Run]:
 # ---------------------------------------------------------------------------------------------
 # The comparison table and figures.
 
-COMPARISON_COLUMNS = ("variant", "seeds", "test_accuracy_mean", "test_accuracy_std",
+COMPARISON_COLUMNS = ("variant", "pretrain", "seeds", "test_accuracy_mean", "test_accuracy_std",
                       "best_val_accuracy_mean", "best_val_accuracy_std", "steps_per_sec",
                       "peak_memory_gb", "num_params", "wall_time_s")
 
@@ -242,7 +261,8 @@ def summarize(runs: list[Run]) -> list[dict]:
     test = [r["test_accuracy"] for r in results]
     val = [r["best_val_accuracy"] for r in results]
     rows.append({
-        "variant": variant, "seeds": len(mine),
+        "variant": variant.split(" + ")[0],
+        "pretrain": results[0].get("pretrain_objective", "none"), "seeds": len(mine),
         "test_accuracy_mean": statistics.mean(test), "test_accuracy_std": _std(test),
         "best_val_accuracy_mean": statistics.mean(val), "best_val_accuracy_std": _std(val),
         "steps_per_sec": _mean([r["steps_per_sec"] for r in results]),
@@ -265,9 +285,9 @@ def comparison_markdown(rows: list[dict], task: str) -> str:
       f"# Attention variants on {task}, size {_SIZE.value}",
       f"Made by `{_command()}`",
       harness.markdown_table(
-          ["variant", "seeds", "test accuracy", "best val accuracy", "steps/s",
-           "peak memory (GB)", "parameters", "wall time per run"], "lrrrrrrr",
-          ([row["variant"], row["seeds"],
+          ["variant", "pretrain", "seeds", "test accuracy", "best val accuracy", "steps/s",
+           "peak memory (GB)", "parameters", "wall time per run"], "llrrrrrrr",
+          ([row["variant"], row["pretrain"], row["seeds"],
             _percent(row["test_accuracy_mean"], row["test_accuracy_std"]),
             _percent(row["best_val_accuracy_mean"], row["best_val_accuracy_std"]),
             harness.fmt(row["steps_per_sec"], ".2f"), harness.fmt(row["peak_memory_gb"], ".2f"),
@@ -276,8 +296,10 @@ def comparison_markdown(rows: list[dict], task: str) -> str:
            for row in rows)),
       f"Accuracies: mean ± sample standard deviation over the seeds (config.seed 0 to "
       f"{_SEEDS.value - 1}); test accuracy is that of the best validation checkpoint. Steps/s "
-      "(after compilation), peak memory (the accelerator's, or the process's peak RSS on "
-      f"CPU) and wall time are means over seeds, on {rows[0]['devices']}."
+      "(of fine-tuning, after compilation), peak memory (the accelerator's, or the process's "
+      "peak RSS on CPU) and wall time (pretraining included) are means over seeds, on "
+      f"{rows[0]['devices']}. Pretrain: none trains from scratch; mlm or causal self-pretrains "
+      "on the training inputs first (`lra.pretraining`)."
       + ("" if majority is None else f" Majority class of the test split: {100 * majority:.1f}%."))
 
 
@@ -297,9 +319,10 @@ def write_comparison(runs: list[Run], task: str) -> str:
             + (", band from lowest to highest" if _SEEDS.value > 1 else ""),
       baseline=rows[0]["majority_class_rate"], baseline_label="majority class")
   plotting.error_bar_scatter(
-      {row["variant"]: (row["steps_per_sec"] or 0.0, 100 * row["test_accuracy_mean"],
-                        None if row["test_accuracy_std"] is None
-                        else 100 * row["test_accuracy_std"]) for row in rows},
+      {_label(row["variant"], row["pretrain"]): (
+          row["steps_per_sec"] or 0.0, 100 * row["test_accuracy_mean"],
+          None if row["test_accuracy_std"] is None else 100 * row["test_accuracy_std"])
+       for row in rows},
       os.path.join(out, "accuracy_vs_throughput.png"), xlabel="training steps/s",
       ylabel="test accuracy (%)",
       title=f"{task} {_SIZE.value}: {seeds}" + (", ± std" if _SEEDS.value > 1 else ""))

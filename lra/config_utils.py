@@ -22,6 +22,8 @@ from lra import attention as attention_lib
 from lra import errors
 
 SIZES = ("paper", "small", "tiny")
+# Self-pretraining objectives (lra.pretraining): none trains from scratch.
+PRETRAIN_OBJECTIVES = ("none", "mlm", "causal")
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
@@ -61,6 +63,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     values[key] = _parse_value(key, text, defaults[key])
   if "size" in values and values["size"] not in SIZES:
     raise errors.ConfigError(f"size must be one of {SIZES}, got {values['size']!r}")
+  if "pretrain" in values and values["pretrain"] not in PRETRAIN_OBJECTIVES:
+    raise errors.ConfigError(f"pretrain must be one of {', '.join(PRETRAIN_OBJECTIVES)}, got "
+                             f"{values['pretrain']!r}")
   variants = attention_lib.variants()
   if "attention" in values and values["attention"] not in variants:
     raise errors.ConfigError(
@@ -182,16 +187,20 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
                           pos_emb: str = "sinusoidal", schedule: str = "rsqrt",
                           weight_decay: float = 0.1, grad_clip: float = 0.0,
                           dropout_rate: float = 0.1, attention_dropout_rate: float = 0.1,
+                          pretrain: dict[str, dict] | None = None,
                           **data) -> ml_collections.ConfigDict:
   """A full LRA classification config from the preset of `size` and the task's options.
 
   `arg` takes attention=<a variant of the registry: `lra.attention.variants()`>,
   size=paper|small|tiny,
-  window=<one-sided window, 0 = the preset's>, dilation=<d or d/d/.../d per head>.
+  window=<one-sided window, 0 = the preset's>, dilation=<d or d/d/.../d per head>,
+  pretrain=none|mlm|causal (self-pretraining, `lra.pretraining`; none: from scratch).
   Dropout and weight decay are the paper's at size=paper; smaller sizes train without
   dropout and with weight decay 0.01 (short runs underfit rather than overfit).
+  `pretrain` maps a size to the task's own `config.pretrain` values at that size.
   """
-  args = parse_arg(arg, attention="longformer", size="paper", window=0, dilation=())
+  args = parse_arg(arg, attention="longformer", size="paper", window=0, dilation=(),
+                   pretrain="none")
   preset = presets[args.size]
   paper = args.size == "paper"
   config = base_config(task, args)
@@ -223,6 +232,34 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
   config.optimizer.warmup_steps = preset.warmup
   config.optimizer.weight_decay = weight_decay if paper else 0.01
   config.optimizer.grad_clip = grad_clip if paper else 1.0
+  config.pretrain = pretrain_config(args.pretrain, preset,
+                                    config.get_ref("batch_size").identity(), paper=paper,
+                                    **(pretrain or {}).get(args.size, {}))
+  return config
+
+
+def pretrain_config(objective: str, preset: Preset, batch_size: config_dict.FieldReference,
+                    *, paper: bool, **overrides) -> ml_collections.ConfigDict:
+  """`config.pretrain`: self-pretraining before fine-tuning (see `lra.pretraining`).
+
+  By default the stage trains as many steps as fine-tuning, at the preset's batch size,
+  peak learning rate and warmup, masking single tokens. At size=paper it follows the SPT
+  authors' recipe (github.com/IdoAmos/not-from-scratch): 50% of the tokens masked, a
+  constant rate after the warmup. Smaller sizes mask 15% (BERT's rate) with a cosine
+  schedule (docs/self_pretraining.md). `overrides` are a task's own values.
+  """
+  config = ml_collections.ConfigDict({
+      "objective": objective,  # none | mlm | causal
+      "num_steps": preset.steps,  # optimizer steps of pretraining, before fine-tuning's
+      "learning_rate": preset.learning_rate,  # peak learning rate of pretraining
+      "warmup_steps": preset.warmup,  # linear warmup of pretraining
+      "schedule": "constant" if paper else "cosine",  # rsqrt | cosine | constant
+      "batch_size": batch_size,  # sequences per step (a retrieval pair is two); follows
+                                 # batch_size
+      "mask_rate": 0.5 if paper else 0.15,  # mlm: share of each sequence's real tokens masked
+      "mean_span": 1.0,  # mlm: mean length of the masked spans (1: single tokens)
+  })
+  config.update(overrides)
   return config
 
 

@@ -53,7 +53,7 @@ def _gather(split: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.n
 
 
 def num_examples(split: dict[str, np.ndarray]) -> int:
-  return len(split["targets"])
+  return len(next(iter(split.values())))
 
 
 def _lengths(split: dict[str, np.ndarray]) -> np.ndarray:
@@ -69,6 +69,13 @@ def train_iterator(split: dict[str, np.ndarray], *, batch_size: int, seed: int,
   Every epoch is reshuffled. Batch `b` is a pure function of (seed, b), so the iterator
   state is one index.
   """
+  return iter(train_dataset(split, batch_size=batch_size, seed=seed,
+                            pool_batches=pool_batches).to_iter_dataset())
+
+
+def train_dataset(split: dict[str, np.ndarray], *, batch_size: int, seed: int,
+                  pool_batches: int = POOL_BATCHES) -> grain.MapDataset:
+  """The batches of `train_iterator` as a `grain.MapDataset` (batch `b` at index `b`)."""
   # Example ids in a new random order every epoch; a pool is `pool_size` consecutive ones.
   order = grain.MapDataset.range(num_examples(split)).shuffle(seed=seed).repeat(None)
   lengths = _lengths(split)
@@ -84,8 +91,7 @@ def train_iterator(split: dict[str, np.ndarray], *, batch_size: int, seed: int,
   def batch(b: int) -> dict[str, np.ndarray]:
     return _gather(split, pool(b // pool_batches)[b % pool_batches])
 
-  dataset = grain.MapDataset.range(len(order) // pool_size * pool_batches).map(batch)
-  return iter(dataset.to_iter_dataset())
+  return grain.MapDataset.range(len(order) // pool_size * pool_batches).map(batch)
 
 
 def eval_batches(split: dict[str, np.ndarray], *,

@@ -9,6 +9,18 @@ object per logged step), `checkpoints/` (train state + data iterator, for exact 
 Each phase of training (one for most tasks) has its own model graph and jitted steps over
 shared parameters. Progress goes to `absl.logging`.
 
+A run is one stage, or two with self-pretraining (`config.pretrain.objective` mlm or causal;
+`lra.pretraining`): the `pretrain` stage trains steps 1 .. `pretrain.num_steps` on the
+training inputs alone (an LM on the task model's encoder; no validation, no labels), then
+the task's stage trains the next `num_train_steps` steps from the pretrained encoder with a
+fresh head, a fresh optimizer state and its own schedule. Each stage has its own
+parameters, optimizer state, batches and phases; its phases and logging, evaluation and
+checkpoint intervals count its own steps, while `metrics.jsonl` and the checkpoints number
+the run's steps (its records are `pretrain_*` in the first stage, `train_*` and `val_*` in
+the second). Both stages end with a checkpoint, so a relaunch resumes exactly across the
+boundary too; `results.json` adds the pretraining loss and accuracy (of the predicted
+tokens, over its last logging window), its steps/s and each stage's wall time.
+
 Relaunching on the same workdir resumes from the last checkpoint: the batches, dropout
 keys and metrics after it are those of an uninterrupted run. The test score is that of the
 best validation checkpoint, never of the last step (unless `best/` was emptied by hand; then
@@ -38,6 +50,7 @@ import grain
 from lra import data as lra_data
 from lra import errors
 from lra import models
+from lra import pretraining
 
 
 def _check_config(config, phases: lra_data.Phases) -> None:
@@ -266,10 +279,11 @@ class Steps:
 
 
 def build_steps(config, data: lra_data.TaskData, mesh,
-                phases: lra_data.Phases | None = None) -> Steps:
+                phases: lra_data.Phases | None = None, start_step: int = 0) -> Steps:
   """Initialises the model and optimizer and jits the steps, data parallel over `mesh`.
 
-  `phases` are the task's (`lra.data.task(config).phases(config)` when None).
+  `phases` are the task's (`lra.data.task(config).phases(config)` when None); the state
+  counts optimizer steps from `start_step` (the steps of the stages before it).
   """
   if phases is None:
     phases = lra_data.task(config).phases(config)
@@ -288,7 +302,8 @@ def build_steps(config, data: lra_data.TaskData, mesh,
       params = phase_params
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   tx, schedule = make_optimizer(config, phases)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  state = {"step": jnp.full((), start_step, jnp.int32), "params": params,
+           "opt_state": tx.init(params)}
   # Optimizer states can share one buffer between leaves (zeros made once): copy every
   # leaf so that the donated state holds each buffer once.
   state = jax.device_put(jax.tree.map(lambda x: jnp.array(x, copy=True), state), replicated)
@@ -331,68 +346,129 @@ def _jit_steps(graphdef, rest, tx, dropout_key, replicated, batch_sharding):
   return train_step, eval_step
 
 
+@dataclasses.dataclass
+class Stage:
+  """A stage of a run: its own model, parameters, optimizer state and batches.
+
+  It trains the run's optimizer steps `first_step .. last_step`; its phases number its own
+  steps from 1. Every run has the task's stage (`train`), evaluated on the validation
+  split; self-pretraining puts its `pretrain` stage before it (`lra.pretraining`).
+  """
+
+  name: str  # prefix of its metrics in metrics.jsonl: pretrain | train
+  config: ml_collections.ConfigDict  # of its model, optimizer and batches
+  first_step: int
+  last_step: int
+  phases: lra_data.Phases
+  steps: Steps
+  train: Any  # its training batches (a grain iterator, checkpointed)
+  metrics: lra_data.Metrics
+  evaluated: bool  # validation, the best checkpoint and the test
+
+  def local_step(self, step: int) -> int:
+    return step - self.first_step + 1
+
+
+def _stage_of(stages: list[Stage], step: int) -> Stage:
+  """The stage that trains step `step` (the last one for steps past the end)."""
+  return next((stage for stage in stages if step <= stage.last_step), stages[-1])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible); returns the results dict."""
   task = lra_data.task(config)
   phases = task.phases(config)
-  _check_config(config, phases)
+  pretraining.check(config)
+  objective = pretraining.objective(config)
+  pretrain_config = None
+  batch_sizes = dict(phases.batch_sizes)
+  if objective != "none":
+    pretrain_config = pretraining.stage_config(config)
+    batch_sizes["pretrain.batch_size"] = config.pretrain.batch_size
+  _check_config(config, dataclasses.replace(phases, batch_sizes=batch_sizes))
   run = _Workdir(workdir, config)
   data = lra_data.load(config)
+  if objective == "mlm":
+    data = pretraining.with_mask_token(data)
   _write_json(run.file("vocab.json"), data.vocab)
 
   # Auto axes: XLA propagates the batch sharding through the model (data parallel).
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   batch_sharding = NamedSharding(mesh, P("data"))
-  steps = build_steps(config, data, mesh, phases)
+  stages = []
+  if pretrain_config is not None:
+    pretrain_phases = lra_data.single_phase(pretrain_config)
+    stages.append(Stage(
+        "pretrain", pretrain_config, 1, pretrain_config.num_train_steps, pretrain_phases,
+        build_steps(pretrain_config, data, mesh, pretrain_phases),
+        pretraining.train_iterator(pretrain_config, data), pretraining.METRICS,
+        evaluated=False))
+  first_step = stages[-1].last_step + 1 if stages else 1
   pipelines = task.pipelines(config, data)
+  stages.append(Stage(
+      "train", config, first_step, first_step - 1 + config.num_train_steps, phases,
+      build_steps(config, data, mesh, phases, start_step=first_step - 1), pipelines.train,
+      task.metrics, evaluated=True))
   checkpoints = _Checkpoints(workdir)
   try:
-    results = _train_and_test(config, run, task.metrics, phases, steps, pipelines,
-                              checkpoints, batch_sharding)
+    results = _train_and_test(config, run, stages, pipelines, checkpoints, batch_sharding)
   finally:  # waits for the checkpoints being written, whatever stopped the run
     checkpoints.close()
   _write_json(run.file("results.json"), results)
   return results
 
 
-def _train_and_test(config, run: _Workdir, metrics: lra_data.Metrics, phases: lra_data.Phases,
-                    steps: Steps, pipelines: lra_data.Pipelines, checkpoints: _Checkpoints,
-                    batch_sharding) -> dict[str, Any]:
+def _train_and_test(config, run: _Workdir, stages: list[Stage], pipelines: lra_data.Pipelines,
+                    checkpoints: _Checkpoints, batch_sharding) -> dict[str, Any]:
   """The training loop from the last checkpoint on, then the test of the best parameters."""
-  state, train_iterator = steps.state, pipelines.train
+  final = stages[-1]
+  metrics = final.metrics
 
   def evaluate(params, split: str, phase: int) -> dict[str, float]:
     total = None
     for batch in pipelines.evaluation(split, phase):
-      sums = steps.eval_steps[phase](params, jax.device_put(batch, batch_sharding))
+      sums = final.steps.eval_steps[phase](params, jax.device_put(batch, batch_sharding))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     return _summarize(jax.device_get(total), metrics)
 
-  progress = {"best_step": None, "best_value": None}  # of the selection metric
-  restored = checkpoints.restore_latest(state, train_iterator)
+  # Of the selection metric; and per stage: wall seconds, and its last averages.
+  progress = {"best_step": None, "best_value": None}
+  stage = _stage_of(stages, checkpoints.latest.latest_step() or 1)
+  state = stage.steps.state
+  restored = checkpoints.restore_latest(state, stage.train)
   if restored is not None:
     state, progress = restored
     logging.info("Resumed from the checkpoint at step %d.", int(state["step"]))
   start_step = int(state["step"])
   run.truncate_metrics(start_step)
+  seconds = dict(progress.get("seconds", {}))
+  finished = dict(progress.get("finished", {}))
 
-  logging.info("Training %s (%s attention, %s parameters) for %d steps on %d %s device(s); "
-               "workdir %s", config.task, config.attention.name, f"{steps.num_params:,}",
-               config.num_train_steps, jax.device_count(), jax.devices()[0].platform.upper(),
-               run.path)
-  scores = [name for name in metrics.averages.values() if name != "loss"]
-  sums, window_start, timed_steps, timed_seconds = None, time.time(), 0, 0.0
-  for step in range(start_step + 1, config.num_train_steps + 1):
-    phase = phases.of_step(step)
-    batch = jax.device_put(next(train_iterator), batch_sharding)
-    state, step_sums = steps.train_steps[phase](state, batch)
+  for stage in stages:
+    if stage.last_step > start_step:
+      logging.info(
+          "%s %s (%s attention, %s parameters): steps %d-%d of %d on %d %s device(s); "
+          "workdir %s", "Pretraining" if stage.name == "pretrain" else "Training",
+          config.task, stage.config.attention.name, f"{stage.steps.num_params:,}",
+          stage.first_step, stage.last_step, final.last_step, jax.device_count(),
+          jax.devices()[0].platform.upper(), run.path)
+  sums, window_start, mark = None, time.time(), time.time()
+  timed = {stage.name: [0, 0.0] for stage in stages}  # steps and seconds after compiling
+  for step in range(start_step + 1, final.last_step + 1):
+    stage = _stage_of(stages, step)
+    if step == stage.first_step and stage is not stages[0]:
+      state = _start_stage(stage, state)
+    local = stage.local_step(step)
+    phase = stage.phases.of_step(local)
+    batch = jax.device_put(next(stage.train), batch_sharding)
+    state, step_sums = stage.steps.train_steps[phase](state, batch)
     sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
-    last = step == config.num_train_steps
+    last = step == stage.last_step
 
-    if step % config.log_every_steps == 0 or last:
+    if local % config.log_every_steps == 0 or last:
       host = jax.device_get(sums)
-      train = _summarize(host, metrics)
+      train = _summarize(host, stage.metrics)
       if not math.isfinite(train["loss"]):
         raise errors.UserError(
             f"training diverged: the loss is {train['loss']} between steps "
@@ -400,23 +476,27 @@ def _train_and_test(config, run: _Workdir, metrics: lra_data.Metrics, phases: lr
             f"good checkpoint; lower optimizer.learning_rate or set optimizer.grad_clip and "
             f"relaunch (a relaunch on this workdir resumes from that checkpoint)")
       elapsed = time.time() - window_start
-      if step - int(host["steps"]) > start_step:
+      if step - int(host["steps"]) > max(start_step, stage.first_step - 1):
         # Windows after the first (compilation) window measure the training speed.
-        timed_steps += int(host["steps"])
-        timed_seconds += elapsed
+        timed[stage.name][0] += int(host["steps"])
+        timed[stage.name][1] += elapsed
       rate = int(host["steps"]) / max(elapsed, 1e-9)
-      record = {"step": step, **{f"train_{k}": v for k, v in train.items()},
+      record = {"step": step, **{f"{stage.name}_{k}": v for k, v in train.items()},
                 "grad_norm": float(host["grad_norm"]) / int(host["steps"]),
-                "learning_rate": float(steps.schedule(step - 1)), "steps_per_sec": rate}
+                "learning_rate": float(stage.steps.schedule(local - 1)),
+                "steps_per_sec": rate}
       run.log(record)
-      eta = (config.num_train_steps - step) / max(rate, 1e-9)
-      logging.info("step %d/%d | loss %.4f%s | %.2f steps/s | ETA %s", step,
-                   config.num_train_steps, train["loss"],
-                   "".join(f" | {k} {train[k]:.3f}" for k in scores), rate,
+      eta = (final.last_step - step) / max(rate, 1e-9)
+      scores = [name for name in stage.metrics.averages.values() if name != "loss"]
+      logging.info("%sstep %d/%d | loss %.4f%s | %.2f steps/s | ETA %s",
+                   "" if stage.evaluated else f"{stage.name} ", step, final.last_step,
+                   train["loss"], "".join(f" | {k} {train[k]:.3f}" for k in scores), rate,
                    _format_duration(eta))
       sums, window_start = None, time.time()
+      if last and not stage.evaluated:
+        finished[stage.name] = {**train, "steps_per_sec": _rate(*timed[stage.name])}
 
-    if step % config.eval_every_steps == 0 or last:
+    if stage.evaluated and (local % config.eval_every_steps == 0 or last):
       val = evaluate(state["params"], "val", phase)
       run.log({"step": step, **{f"val_{k}": v for k, v in val.items()}})
       best, value = progress["best_value"], val[metrics.selection]
@@ -428,8 +508,13 @@ def _train_and_test(config, run: _Workdir, metrics: lra_data.Metrics, phases: lr
                    progress["best_value"], progress["best_step"])
       window_start = time.time()
 
-    if step % config.checkpoint_every_steps == 0 or last:
-      checkpoints.save(step, state, train_iterator, progress)
+    if local % config.checkpoint_every_steps == 0 or last:
+      now = time.time()
+      seconds[stage.name] = seconds.get(stage.name, 0.0) + now - mark
+      mark = now
+      progress = {"best_step": progress["best_step"], "best_value": progress["best_value"],
+                  "seconds": seconds, "finished": finished}
+      checkpoints.save(step, state, stage.train, progress)
 
   tested_step, best_params = checkpoints.restore_best(state)
   if best_params is None:
@@ -437,8 +522,8 @@ def _train_and_test(config, run: _Workdir, metrics: lra_data.Metrics, phases: lr
     logging.warning("best/ holds no checkpoint: testing the parameters of the last step, %d",
                     tested_step)
   # Tested with the model graph (windows) of the phase the parameters come from.
-  test = evaluate(best_params, "test", phases.of_step(tested_step))
-  return {
+  test = evaluate(best_params, "test", final.phases.of_step(final.local_step(tested_step)))
+  results = {
       "task": config.task,
       "attention": config.attention.name,
       **{f"test_{k}": v for k, v in test.items()},
@@ -447,8 +532,38 @@ def _train_and_test(config, run: _Workdir, metrics: lra_data.Metrics, phases: lr
       f"best_val_{metrics.selection}": progress["best_value"],
       metrics.baseline: pipelines.baseline,
       "num_train_steps": config.num_train_steps,
-      "steps_per_sec": timed_steps / timed_seconds if timed_seconds else None,
+      "steps_per_sec": _rate(*timed[final.name]),
       "peak_memory_gb": _peak_memory_gb(),
-      "num_params": steps.num_params,
+      "num_params": final.steps.num_params,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
   }
+  if len(stages) > 1:
+    pretrained = finished.get("pretrain", {})
+    results.update({
+        "pretrain_objective": config.pretrain.objective,
+        "pretrain_steps": stages[0].last_step,
+        # Averages over the stage's last logging window; accuracy of the predicted tokens.
+        "pretrain_loss": pretrained.get("loss"),
+        "pretrain_accuracy": pretrained.get("accuracy"),
+        "pretrain_steps_per_sec": pretrained.get("steps_per_sec"),
+        # Wall time of each stage's kept work (to its last checkpoint), compiles included.
+        "pretrain_wall_time_s": seconds.get("pretrain"),
+        "train_wall_time_s": seconds.get("train"),
+    })
+  return results
+
+
+def _rate(steps: int, seconds: float) -> float | None:
+  return steps / seconds if seconds else None
+
+
+def _start_stage(stage: Stage, previous_state) -> dict[str, Any]:
+  """The state of `stage` at its first step: its own fresh state, with the encoder
+  parameters of the stage before (the pretrained ones)."""
+  state = dict(stage.steps.state)
+  params = pretraining.transplant(previous_state["params"], state["params"])
+  # One buffer per leaf (the donated state must not hold one twice: Longformer's global
+  # projections can start as the same pretrained arrays as the local ones).
+  state["params"] = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+  logging.info("Fine-tuning from the pretrained encoder at step %d.", stage.first_step)
+  return state

@@ -17,7 +17,8 @@ def run_module(name: str, *args: str, timeout: float):
 
 
 # Fields of results.json that measure the machine, not the run.
-TIMING_FIELDS = ("steps_per_sec", "peak_memory_gb", "devices")
+TIMING_FIELDS = ("steps_per_sec", "peak_memory_gb", "devices", "pretrain_steps_per_sec",
+                 "pretrain_wall_time_s", "train_wall_time_s")
 
 
 def launch(args, log_path):

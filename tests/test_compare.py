@@ -8,7 +8,7 @@ from PIL import Image
 
 from tests import entry_points
 
-COMPARISON_COLUMNS = ["variant", "seeds", "test_accuracy_mean", "test_accuracy_std",
+COMPARISON_COLUMNS = ["variant", "pretrain", "seeds", "test_accuracy_mean", "test_accuracy_std",
                       "best_val_accuracy_mean", "best_val_accuracy_std", "steps_per_sec",
                       "peak_memory_gb", "num_params", "wall_time_s"]
 
@@ -48,8 +48,8 @@ def test_two_variants_then_reuse(tmp_path):
       assert float(row[key]) > 0, (key, row)
   markdown = (out / "comparison.md").read_text()
   assert "python -m experiments.compare --config=configs/listops.py" in markdown
-  assert "| variant | seeds | test accuracy |" in markdown
-  assert markdown.count("| full |") == markdown.count("| local |") == 1
+  assert "| variant | pretrain | seeds | test accuracy |" in markdown
+  assert markdown.count("| full | none |") == markdown.count("| local | none |") == 1
   for name in ("val_accuracy.png", "accuracy_vs_throughput.png"):
     assert_png(out / name)
   for run in ("full_seed0", "local_seed0"):
@@ -70,6 +70,22 @@ def test_two_variants_then_reuse(tmp_path):
       f"--workdir={out}", timeout=120)
   assert other_size.returncode == 2
   assert "holds a run of another config" in other_size.stderr
+
+
+def test_from_scratch_against_self_pretrained(tmp_path):
+  out = tmp_path / "compare"
+  completed = run_compare(tmp_path, "--attention=local", "--pretrain=none,mlm", "--seeds=1",
+                          "--override=pretrain.num_steps=2", f"--workdir={out}")
+  assert completed.returncode == 0, completed.stderr
+  assert "[run 1/2] local seed 0: training" in completed.stdout
+  assert "[run 2/2] local + mlm seed 0: training" in completed.stdout
+  _, rows = read_csv(out / "comparison.csv")
+  assert [(row["variant"], row["pretrain"]) for row in rows] == [("local", "none"),
+                                                                 ("local", "mlm")]
+  assert "| local | mlm | 1 |" in (out / "comparison.md").read_text()
+  assert (out / "local_mlm_seed0" / "results.json").exists()
+  for name in ("val_accuracy.png", "accuracy_vs_throughput.png"):
+    assert_png(out / name)
 
 
 def test_efficiency_against_length(tmp_path):
@@ -97,6 +113,8 @@ def test_bad_input_ends_in_one_line(tmp_path):
   for args, message in [
       (["--attention=full,flash"], "must be a comma-separated subset of"),
       (["--config=configs/listops.py:attention=full"], "choose the variants with --attention"),
+      (["--config=configs/listops.py:pretrain=mlm"], "the pretraining with --pretrain"),
+      (["--pretrain=none,bert"], "must be a comma-separated subset of none,mlm,causal"),
       (["--config=configs/listops.py:windw=3"], "unknown config argument 'windw'"),
   ]:
     completed = run_compare(tmp_path, *args, f"--workdir={tmp_path / 'out'}")

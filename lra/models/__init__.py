@@ -12,11 +12,13 @@ from lra.models.classifier import Classifier
 from lra.models.classifier import DualEncoder
 from lra.models.lm import CausalLM
 from lra.models.longformer_pretrained import longformer_from_pretrained
+from lra.models.pretraining import SelfPretrainingLM
 
 MODELS = {
     "classifier": Classifier,
     "dual_encoder": DualEncoder,
     "causal_lm": CausalLM,
+    "self_pretraining": SelfPretrainingLM,  # lra.pretraining's stage before fine-tuning
 }
 
 

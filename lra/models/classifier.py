@@ -46,7 +46,9 @@ class PooledEncoder(nnx.Module):
     self.cls = nnx.Param(jnp.zeros((model.emb_dim,)))
     self.pooling = model.pooling
 
-  def __call__(self, tokens_BxL, *, deterministic: bool, rngs):
+  def token_states(self, tokens_BxL, *, deterministic: bool, rngs):
+    """States of the CLS vector and of every token `[batch, 1 + length, emb]`, and which
+    positions are real, bool `[batch, 1 + length]` (the CLS vector is)."""
     batch = tokens_BxL.shape[0]
     real = jnp.concatenate([jnp.ones((batch, 1), bool), tokens_BxL != PAD_ID], axis=1)
     x = self.encoder.embed_tokens(tokens_BxL)
@@ -57,6 +59,10 @@ class PooledEncoder(nnx.Module):
       global_mask = jnp.zeros(real.shape, bool).at[:, 0].set(True)
     h = self.encoder(x, padding_mask=real, global_mask=global_mask,
                      deterministic=deterministic, rngs=rngs)
+    return h, real
+
+  def __call__(self, tokens_BxL, *, deterministic: bool, rngs):
+    h, real = self.token_states(tokens_BxL, deterministic=deterministic, rngs=rngs)
     if self.pooling == "cls":
       return h[:, 0]
     if self.pooling == "max":

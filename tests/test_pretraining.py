@@ -1,0 +1,375 @@
+"""Self-pretraining: masking statistics, no label or held-out input in the pretraining
+batches, the fine-tune starting from the pretrained encoder, exact resume across the stage
+boundary, every attention variant, and bad config values."""
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from lra import attention as attention_lib
+from lra import config_utils
+from lra import data as lra_data
+from lra import errors
+from lra import models
+from lra import pretraining
+from lra import train
+from lra.data import PAD_ID
+from tests import test_tasks
+from tests.entry_points import comparable
+from tests.entry_points import finish
+from tests.entry_points import launch
+from tests.test_train import cli_args
+from tests.test_train import tiny_config
+
+MASK_ID = 99
+
+
+def _runs(mask: np.ndarray) -> list[int]:
+  """Lengths of the runs of True in a bool vector."""
+  edges = np.diff(np.concatenate([[0], mask.astype(int), [0]]))
+  return list(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
+
+
+@pytest.mark.parametrize("num_real, rate", [(1, 0.15), (7, 0.15), (100, 0.15), (100, 0.5)])
+def test_mask_count_is_the_rate_of_the_real_tokens(num_real, rate):
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    mask = pretraining.mask_positions(num_real, mask_rate=rate, mean_span=1, rng=rng)
+    assert mask.shape == (num_real,)
+    assert mask.sum() == max(1, round(rate * num_real))
+
+
+def test_single_token_masks_are_uniform_over_positions():
+  rng = np.random.default_rng(0)
+  counts = sum(pretraining.mask_positions(40, mask_rate=0.25, mean_span=1, rng=rng)
+               for _ in range(4000))
+  frequency = counts / 4000
+  np.testing.assert_allclose(frequency, 0.25, atol=0.035)
+
+
+@pytest.mark.parametrize("mean_span", [3.0, 5.0])
+def test_spans_have_the_mean_length_and_cover_every_position(mean_span):
+  rng = np.random.default_rng(1)
+  lengths, counts = [], np.zeros(200)
+  for _ in range(500):
+    mask = pretraining.mask_positions(200, mask_rate=0.15, mean_span=mean_span, rng=rng)
+    assert mask.sum() == 30
+    runs = _runs(mask)
+    assert len(runs) == round(30 / mean_span)  # spans never touch: each is one run
+    lengths += runs
+    counts += mask
+  assert abs(np.mean(lengths) - 30 / round(30 / mean_span)) < 1e-9
+  assert np.std(lengths) > 0  # random lengths, not fixed ones
+  assert counts.min() > 0  # the first and last positions are reachable too
+
+
+def test_mask_batch_masks_real_tokens_only_and_targets_only_the_masked():
+  rng = np.random.default_rng(2)
+  lengths = [5, 60, 1, 0, 33]
+  tokens = np.zeros((len(lengths), 64), np.uint16)
+  for row, length in enumerate(lengths):
+    tokens[row, :length] = rng.integers(1, 20, length)
+  for mean_span in (1, 3):
+    batch = pretraining.mask_batch(tokens, mask_rate=0.3, mean_span=mean_span,
+                                   mask_id=MASK_ID, rng=rng)
+    assert set(batch) == {"inputs", "targets", "weights"}
+    masked = batch["weights"] == 1
+    assert np.all((batch["weights"] == 0) | masked)
+    np.testing.assert_array_equal(batch["targets"], tokens)
+    assert not np.any(masked & (tokens == PAD_ID))  # padding is never masked or a target
+    np.testing.assert_array_equal(batch["inputs"][masked], MASK_ID)
+    np.testing.assert_array_equal(batch["inputs"][~masked], tokens[~masked])
+    assert masked.sum(1).tolist() == [max(1, round(0.3 * n)) if n else 0 for n in lengths]
+
+
+def test_causal_batch_targets_every_real_token():
+  tokens = np.array([[3, 4, 5, 0], [7, 0, 0, 0]], np.uint16)
+  batch = pretraining.causal_batch(tokens)
+  np.testing.assert_array_equal(batch["inputs"], tokens)
+  np.testing.assert_array_equal(batch["targets"], tokens)
+  np.testing.assert_array_equal(batch["weights"], tokens != PAD_ID)
+
+
+def _disjoint_data(pairs: bool) -> lra_data.TaskData:
+  """Train rows of tokens 1-5, validation rows of 6-7 and test rows of 8-9 (so a row seen
+  in a batch tells its split), labels in every split."""
+  rng = np.random.default_rng(3)
+
+  def rows(num, low, high):
+    out = np.zeros((num, 40), np.uint16)
+    for row in out:
+      length = rng.integers(5, 40)
+      row[:length] = rng.integers(low, high + 1, length)
+    return out
+
+  splits = {}
+  for name, (low, high) in {"train": (1, 5), "val": (6, 7), "test": (8, 9)}.items():
+    fields = ({"inputs1": rows(30, low, high), "inputs2": rows(30, low, high)} if pairs
+              else {"inputs": rows(30, low, high)})
+    splits[name] = {**fields, "targets": rng.integers(0, 2, 30)}
+  return lra_data.TaskData(splits=splits, vocab=["<pad>"] + [str(i) for i in range(1, 10)],
+                           num_classes=2)
+
+
+@pytest.mark.parametrize("objective", ["mlm", "causal"])
+@pytest.mark.parametrize("pairs", [False, True])
+def test_pretraining_batches_hold_training_inputs_only(objective, pairs):
+  data = _disjoint_data(pairs)
+  if objective == "mlm":
+    data = pretraining.with_mask_token(data)
+  config = ml_collections.ConfigDict({
+      "seed": 0, "batch_size": 4,
+      "pretrain": {"objective": objective, "mask_rate": 0.2, "mean_span": 1.0}})
+  train_rows = {tuple(np.trim_zeros(row, "b")) for name, tokens in data.splits["train"].items()
+                if name.startswith("inputs") for row in tokens}
+  iterator = pretraining.train_iterator(config, data)
+  seen = set()
+  for _ in range(60):  # 240 sequences: every one of the 30 or 60 several times
+    batch = next(iterator)
+    assert set(batch) == {"inputs", "targets", "weights"}  # no label field
+    assert batch["targets"].shape == batch["inputs"].shape  # tokens, not classes
+    for row in batch["targets"]:
+      tokens = tuple(np.trim_zeros(row, "b"))
+      assert max(tokens) <= 5, "a validation or test input reached pretraining"
+      assert tokens in train_rows
+      seen.add(tokens)
+  assert seen == train_rows  # both documents of every pair are pretraining sequences
+
+
+def test_fine_tuning_batches_hold_training_examples_only(tmp_path):
+  data = _disjoint_data(pairs=False)
+  config = tiny_config(tmp_path / "cache")
+  iterator = lra_data.task(config).pipelines(config, data).train
+  for _ in range(20):
+    assert next(iterator)["inputs"].max() <= 5
+
+
+def test_every_variant_pretrains_with_both_objectives():
+  config = tiny_config("unused")
+  data = pretraining.with_mask_token(lra_data.TaskData(
+      splits={}, vocab=["<pad>"] + [str(i) for i in range(15)], num_classes=10))
+  tokens = np.random.default_rng(0).integers(1, 16, (2, 24)).astype(np.uint16)
+  tokens[1, 17:] = PAD_ID
+  for variant in attention_lib.variants():
+    for objective in ("mlm", "causal"):
+      with config.unlocked():
+        config.attention = config_utils.attention_config(variant, window=4, num_heads=2)
+        config.pretrain.objective = objective
+      pretraining.check(config)
+      stage = pretraining.stage_config(config)
+      model = models.build(stage, data, nnx.Rngs(params=0))
+      batch = (pretraining.mask_batch(tokens, mask_rate=0.3, mean_span=1,
+                                      mask_id=len(data.vocab) - 1,
+                                      rng=np.random.default_rng(0))
+               if objective == "mlm" else pretraining.causal_batch(tokens))
+      def loss(model):
+        sums = model.metrics(batch)
+        return sums["loss"], sums
+
+      grads, sums = nnx.grad(loss, has_aux=True)(model)
+      assert sums["count"] == batch["weights"].sum() > 0, (variant, objective)
+      assert np.isfinite(float(sums["loss"])), (variant, objective)
+      assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads)), (variant, objective)
+
+
+def test_causal_stage_never_sees_the_future():
+  config = tiny_config("unused")
+  with config.unlocked():
+    config.pretrain.objective = "causal"
+  data = lra_data.TaskData(splits={}, vocab=["<pad>"] + [str(i) for i in range(15)],
+                           num_classes=10)
+  model = models.build(pretraining.stage_config(config), data, nnx.Rngs(params=0))
+  tokens = np.random.default_rng(0).integers(1, 16, (1, 20))
+  changed = tokens.copy()
+  changed[0, 12:] = 1 + changed[0, 12:] % 15
+  # Logits at position i predict token i from tokens before it: up to 12 they are equal.
+  chex.assert_trees_all_close(model(jnp.asarray(tokens))[:, :13],
+                              model(jnp.asarray(changed))[:, :13], atol=1e-6)
+
+
+def _spt_config(cache, **fields):
+  config = tiny_config(cache, spec="configs/listops.py:attention=longformer,size=tiny,"
+                                   "pretrain=mlm", **fields)
+  return config
+
+
+def _params(path):
+  return ocp.StandardCheckpointer().restore(os.path.abspath(path))
+
+
+def test_fine_tuning_starts_from_the_pretrained_encoder(tmp_path):
+  # Fine-tuning at learning rate 0 keeps its first parameters: those tested.
+  config = _spt_config(tmp_path / "cache", num_train_steps=2, eval_every_steps=2,
+                       checkpoint_every_steps=100, log_every_steps=1)
+  with config.unlocked():
+    config.pretrain.num_steps = 3
+    config.optimizer.learning_rate = 0.0
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["pretrain_steps"] == 3 and results["tested_step"] == 5
+  pretrained = _params(tmp_path / "run" / "checkpoints" / "3" / "state")["params"]
+  tested = _params(tmp_path / "run" / "best" / "5" / "default")
+  chex.assert_trees_all_equal(tested["encode"], pretrained["encode"])
+  # Longformer's global projections exist in both and were pretrained too (mlm).
+  assert "query_global" in tested["encode"]["encoder"]["blocks"]["0"]["attention"]
+  # The head is the task model's fresh one, as in a run from scratch.
+  data = pretraining.with_mask_token(lra_data.load(config))
+  mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  fresh = nnx.to_pure_dict(train.build_steps(config, data, mesh).state["params"])
+  chex.assert_trees_all_equal(jax.tree.leaves(tested["head"]), jax.tree.leaves(fresh["head"]))
+  [embedding] = jax.tree.leaves(tested["encode"]["encoder"]["embed"])
+  assert not np.allclose(embedding, fresh["encode"]["encoder"]["embed"]["embedding"])
+
+
+def test_causal_pretraining_starts_longformer_global_projections_as_the_local_ones():
+  fresh_config = tiny_config("unused")
+  with fresh_config.unlocked():
+    fresh_config.pretrain.objective = "causal"
+  data = lra_data.TaskData(splits={}, vocab=["<pad>"] + [str(i) for i in range(15)],
+                           num_classes=10)
+  stage = pretraining.stage_config(fresh_config)
+  assert stage.attention.name == "local" and stage.attention.causal
+  _, pretrained, _ = nnx.split(models.build(stage, data, nnx.Rngs(params=1)), nnx.Param, ...)
+  _, fresh, _ = nnx.split(models.build(fresh_config, data, nnx.Rngs(params=0)), nnx.Param,
+                          ...)
+  merged = nnx.to_pure_dict(pretraining.transplant(pretrained, fresh))
+  attention = merged["encode"]["encoder"]["blocks"][0]["attention"]
+  source = nnx.to_pure_dict(pretrained)["encode"]["encoder"]["blocks"][0]["attention"]
+  for name in ("query", "key", "value"):
+    chex.assert_trees_all_equal(attention[f"{name}_global"], source[name])
+    chex.assert_trees_all_equal(attention[name], source[name])
+  chex.assert_trees_all_equal(merged["head"], nnx.to_pure_dict(fresh)["head"])
+
+
+def test_resume_at_the_stage_boundary_matches_an_uninterrupted_run(tmp_path):
+  # Checkpoints at the end of pretraining (step 4) and at the end (step 7) only.
+  fields = dict(num_train_steps=3, eval_every_steps=3, checkpoint_every_steps=100,
+                log_every_steps=1)
+  config = _spt_config(tmp_path / "cache", **fields)
+  with config.unlocked():
+    config.pretrain.num_steps = 4
+  reference = train.train_and_evaluate(config, str(tmp_path / "reference"))
+  shutil.copytree(tmp_path / "reference", tmp_path / "resumed")
+  for name in ("checkpoints/7", "best"):
+    shutil.rmtree(tmp_path / "resumed" / name)
+  os.remove(tmp_path / "resumed" / "results.json")
+  assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["4"]
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert resumed["pretrain_loss"] == reference["pretrain_loss"]
+  assert comparable(tmp_path / "resumed") == comparable(tmp_path / "reference")
+
+
+def test_sigkill_in_pretraining_then_resume_matches_an_uninterrupted_run(tmp_path):
+  cache = tmp_path / "cache"
+  spec = "configs/listops.py:attention=longformer,size=tiny,pretrain=mlm"
+  extra = ("--config.pretrain.num_steps=60", "--config.num_train_steps=6",
+           "--config.checkpoint_every_steps=4", "--config.log_every_steps=2",
+           "--config.eval_every_steps=3")
+  reference = launch(cli_args(tmp_path / "reference", cache, *extra, spec=spec),
+                     tmp_path / "ref.log")
+  status, out = finish(reference, tmp_path / "ref.log")
+  assert status == 0, out
+
+  killed = launch(cli_args(tmp_path / "killed", cache, *extra, spec=spec),
+                  tmp_path / "killed.log")
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 300
+  while not (checkpoints.exists() and any(name.isdigit() and int(name) >= 8
+                                          for name in os.listdir(checkpoints))):
+    assert killed.poll() is None, "the run ended before it could be killed"
+    assert time.time() < deadline
+    time.sleep(0.02)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  steps = [int(name) for name in os.listdir(checkpoints) if name.isdigit()]
+  assert max(steps) < 60, "killed after pretraining: lengthen it"
+
+  resumed = launch(cli_args(tmp_path / "killed", cache, *extra, spec=spec),
+                   tmp_path / "resumed.log")
+  status, out = finish(resumed, tmp_path / "resumed.log")
+  assert status == 0, out
+  assert "Resumed from the checkpoint at step" in out
+  assert comparable(tmp_path / "killed") == comparable(tmp_path / "reference")
+  results = json.load(open(tmp_path / "killed" / "results.json"))
+  assert results["pretrain_objective"] == "mlm" and results["pretrain_steps"] == 60
+  assert 0 <= results["pretrain_accuracy"] <= 1 and results["pretrain_wall_time_s"] > 0
+
+
+def test_pretrain_none_trains_as_a_config_without_pretraining(tmp_path):
+  fields = dict(num_train_steps=3, eval_every_steps=3, checkpoint_every_steps=3,
+                log_every_steps=1)
+  with_field = tiny_config(tmp_path / "cache", **fields)
+  assert with_field.pretrain.objective == "none"
+  train.train_and_evaluate(with_field, str(tmp_path / "none"))
+  without = tiny_config(tmp_path / "cache", **fields)
+  with without.unlocked():
+    del without["pretrain"]
+  train.train_and_evaluate(without, str(tmp_path / "without"))
+  assert comparable(tmp_path / "none") == comparable(tmp_path / "without")
+  assert not any("pretrain" in key for key in comparable(tmp_path / "none")[0])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("objective", "bert", "pretrain.objective must be one of none, mlm, causal"),
+    ("mask_rate", 1.5, "config.pretrain.mask_rate must be in (0, 1)"),
+    ("mean_span", 0.5, "config.pretrain.mean_span must be >= 1"),
+    ("num_steps", 0, "config.pretrain.num_steps must be > 0"),
+    ("schedule", "linear", "config.pretrain.schedule must be one of"),
+    ("batch_size", 3, "config.pretrain.batch_size=3 does not divide over 4 devices"),
+])
+def test_bad_pretrain_values_are_one_config_error(tmp_path, field, value, message):
+  config = _spt_config(tmp_path / "cache")
+  with config.unlocked():
+    config.pretrain[field] = value
+  with pytest.raises(errors.ConfigError) as error:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert message in str(error.value)
+  assert not (tmp_path / "run").exists()  # checked before anything is written
+
+
+def test_pretrain_argument_is_checked():
+  with pytest.raises(errors.ConfigError, match="pretrain must be one of none, mlm, causal"):
+    config_utils.load_config("configs/listops.py:size=tiny,pretrain=bert")
+
+
+# The objective each task's tiny run pretrains with: both run on every kind of input.
+TASK_OBJECTIVES = {"listops": "mlm", "text": "mlm", "retrieval": "mlm", "image": "causal",
+                   "pathfinder": "mlm", "pathx": "causal"}
+
+
+# Two stages compile twice: the heavy tasks' runs take minutes on 2 cores, so `make test`
+# runs ListOps, Image and Pathfinder (tokens, pixels; both objectives) and `make test-slow`
+# the byte tasks and Path-X too (the pipeline tests cover retrieval's pairs).
+@pytest.mark.parametrize("task", [
+    pytest.param(task, marks=[pytest.mark.slow] if task in test_tasks.HEAVY_TASKS else [])
+    for task in sorted(TASK_OBJECTIVES)])
+def test_pretrain_then_fine_tune_every_task(tmp_path, task):
+  objective = TASK_OBJECTIVES[task]
+  config = config_utils.load_config(
+      f"configs/{task}.py:attention=full,size=tiny,pretrain={objective}")
+  with config.unlocked():
+    config.data_path = test_tasks.TASKS[task](tmp_path / "data")
+    config.data_cache_dir = str(tmp_path / "cache")
+    if task in ("text", "retrieval"):
+      config.data.max_length = test_tasks.BYTE_TASK_LENGTH
+    config.pretrain.num_steps = 1
+    config.num_train_steps = 1
+    config.eval_every_steps = config.checkpoint_every_steps = config.log_every_steps = 1
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["pretrain_objective"] == objective and results["best_val_step"] == 2
+  assert 0 <= results["pretrain_accuracy"] <= 1 and 0 <= results["test_accuracy"] <= 1
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [r["step"] for r in records if "pretrain_loss" in r] == [1]
+  assert [r["step"] for r in records if "train_loss" in r] == [2]
+  vocab = json.load(open(tmp_path / "run" / "vocab.json"))
+  assert (vocab[-1] == pretraining.MASK_TOKEN) == (objective == "mlm")
