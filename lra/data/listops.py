@@ -293,3 +293,23 @@ def _parse_row(path: str, line_number: int, line: str) -> tuple[list[int], int]:
     raise errors.DataError(
         f"{path}, line {line_number}: target {target} is outside 0-{NUM_CLASSES - 1}")
   return ids, target
+
+
+def outermost_operator_prior(data: TaskData) -> dict[str, float]:
+  """Accuracy on val and test of predicting, for each outermost operator, the value most
+  frequent under it in the training split: what a model scores that reads only the first
+  operator of an expression (the level a ListOps model trained from scratch stops at)."""
+  operator_ids = np.array([_TOKEN_IDS[op] for op in OPERATORS])
+
+  def outermost(inputs):  # [examples] index into OPERATORS of each row's first operator
+    is_operator = np.isin(inputs, operator_ids)
+    first = np.argmax(is_operator, axis=1)
+    return np.searchsorted(operator_ids, inputs[np.arange(len(inputs)), first])
+
+  train = data.splits["train"]
+  counts = np.zeros((len(OPERATORS), NUM_CLASSES), int)
+  np.add.at(counts, (outermost(train["inputs"]), train["targets"]), 1)
+  guess = counts.argmax(axis=1)
+  return {split: float(np.mean(guess[outermost(data.splits[split]["inputs"])]
+                               == data.splits[split]["targets"]))
+          for split in ("val", "test")}

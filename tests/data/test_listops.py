@@ -275,3 +275,19 @@ def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
 def test_paper_size_needs_data_path(tmp_path):
   with pytest.raises(errors.DataError, match="size=paper needs config.data_path"):
     listops.load(_config(cache_dir=str(tmp_path), size="paper"))
+
+
+def test_outermost_operator_prior_predicts_each_operators_most_frequent_value():
+  def rows(*sources):
+    ids = [[listops._TOKEN_IDS[t] for t in s.split() if t not in "()"] for s in sources]
+    width = max(map(len, ids))
+    return np.array([row + [data.PAD_ID] * (width - len(row)) for row in ids])
+
+  train = rows("[MAX 1 [MIN 2 3 ] ]", "[MAX 4 5 ]", "[MAX 6 7 ]", "[MIN [MAX 1 2 ] 9 ]")
+  held_out = rows("[MAX 0 [MIN 1 1 ] ]", "[MIN 3 [MAX 5 5 ] ]")
+  splits = {"train": {"inputs": train, "targets": np.array([7, 7, 5, 2])},
+            "val": {"inputs": held_out, "targets": np.array([7, 2])},
+            "test": {"inputs": held_out, "targets": np.array([1, 2])}}
+  task_data = data.TaskData(splits=splits, vocab=list(listops.VOCAB), num_classes=10)
+  # MAX -> 7 (twice in train), MIN -> 2; the nested operators do not count.
+  assert listops.outermost_operator_prior(task_data) == {"val": 1.0, "test": 0.5}
