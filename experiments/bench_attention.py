@@ -16,10 +16,10 @@ With `--hf_python`, HuggingFace's `LongformerSelfAttention` (experiments/bench_h
 run by that interpreter) adds an `hf_longformer` baseline row per length that it supports.
 
 One timed step is a jit-compiled forward and `jax.vjp` pullback of a fixed random output
-gradient (a real array, as a model's backward hands the layer) to every input
-array: q, k, v, and for Longformer also its global q, k, v, which a model trains too. Each (mechanism, length) runs in a
-fresh subprocess of this script, so that its peak RSS is its own; lengths are the outer loop
-so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured
+gradient (a real array, as a model's backward hands the layer) to every input array: q, k, v,
+and for Longformer also its global q, k, v, which a model trains too. Each (mechanism, length)
+runs in a fresh subprocess of this script, so that its peak RSS is its own; lengths are the
+outer loop so that machine noise falls on all mechanisms alike. The machine's matmul rate, measured
 afresh before each length (shared machines drift by tens of percent within minutes), puts
 the useful GFLOP/s of that length's rows in proportion: useful FLOPs are 3 x the forward FLOPs
 of the two matmuls over exactly the keys each query sees (`pattern_pairs`), so the waste of
@@ -28,34 +28,23 @@ a method (masked-out scores, padding blocks, recomputation) lowers its useful ra
 Writes bench.csv, bench.md, bench.json (every raw time) and bench.png in --out.
 """
 
-import csv
 import dataclasses
-import functools
 import importlib.metadata
-import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from typing import Callable, Sequence
 
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
-import psutil
 
 from experiments import cli
+from experiments import harness
 from lra import attention
 from lra import errors
 from lra.attention import common
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HF_SCRIPT = os.path.join(REPO, "experiments", "bench_hf_longformer.py")
 HF_MECHANISM = "hf_longformer"
 BANDED_BASELINE = "jax_nn_banded"
 # Positions of Longformer's global tokens: the first one, like a classifier's [CLS].
@@ -64,9 +53,9 @@ GLOBAL_POSITIONS = (0,)
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384", "32768"],
                              "Sequence lengths.")
 _WINDOW = flags.DEFINE_integer("window", 256, "One-sided window w (HF's attention_window = 2w).")
-_HEADS = flags.DEFINE_integer("heads", 8, "Attention heads.")
-_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Dimension of each head.")
-_BATCH = flags.DEFINE_integer("batch", 1, "Batch size.")
+_HEADS = flags.DEFINE_integer("heads", 8, "Attention heads.", lower_bound=1)
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Dimension of each head.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch", 1, "Batch size.", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Dtype of q, k, v and of the matmul-rate measurement.")
 _MECHANISMS = flags.DEFINE_list(
@@ -84,19 +73,21 @@ _MEMORY_LIMIT_GB = flags.DEFINE_float(
     "memory_limit_gb", None,
     "Skip a quadratic row at a length whose float32 score tensor alone exceeds this many GB "
     "(default: half the machine's memory).")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measuring process.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measuring process.", lower_bound=1)
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 1,
     "Sweeps over every (length, mechanism), each measurement in a fresh process; a row "
     "reports the median of its timed steps pooled over the rounds (and the matmul rate of "
     "a length likewise), so that a slow phase of a shared machine, which lasts minutes, "
-    "falls on different rows in different rounds instead of deciding one row.")
+    "falls on different rows in different rounds instead of deciding one row.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer(
     "warmup", 3,
     "Untimed steps first: the first compiles, and the next few still run up to several "
-    "times slower while the process's memory settles (fresh pages for XLA's buffers).")
+    "times slower while the process's memory settles (fresh pages for XLA's buffers).",
+    lower_bound=1)
 _MATMUL_SIZE = flags.DEFINE_integer(
-    "matmul_size", 2048, "n of the n x n @ n x n matmul that measures the machine's rate.")
+    "matmul_size", 2048, "n of the n x n @ n x n matmul that measures the machine's rate.",
+    lower_bound=1)
 _OUT = flags.DEFINE_string("out", "results/bench_attention", "Folder of the outputs.")
 _HF_PYTHON = flags.DEFINE_string(
     "hf_python", None,
@@ -115,13 +106,8 @@ _ONE = flags.DEFINE_string(
     "and print it as one JSON line.")
 
 flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
-for _name in ("heads", "head_dim", "batch", "repeats", "rounds", "warmup", "matmul_size"):
-  flags.register_validator(_name, lambda value: value >= 1, "must be >= 1")
-flags.register_validator("lengths", lambda lengths: all(s.isdigit() and int(s) > 0
-                                                        for s in lengths),
-                         "must be positive integers, e.g. 1024,2048")
-flags.register_validator("dilations", lambda ds: all(s.isdigit() and int(s) > 0 for s in ds),
-                         "must be integers >= 1, e.g. 1,2")
+cli.positive_ints("lengths", "1024,2048")
+cli.positive_ints("dilations", "1,2", allow_empty=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,15 +151,23 @@ class Measured:
   quadratic: bool = False
 
 
-def _global_mask(shape) -> np.ndarray:
+def global_token_mask(shape) -> np.ndarray:
   # A numpy constant, as a model with a fixed [CLS]-like global token passes it.
   global_mask = np.zeros(shape, bool)
   global_mask[:, list(GLOBAL_POSITIONS)] = True
   return global_mask
 
 
-def _measured_variant(name: str, setup: Setup) -> Measured:
-  """A registry variant as a config choosing it gets it, at this benchmark's window."""
+def measured(name: str, setup: Setup) -> Measured:
+  """The row `name`: a registry variant as a config choosing it gets it, at this benchmark's
+  window, or a baseline."""
+  band_pairs = lambda length: pattern_pairs(length, setup.window, (1,) * setup.heads)
+  if name == BANDED_BASELINE:
+    return Measured(lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, local_window_size=(setup.window, setup.window), implementation="xla"),
+        band_pairs, quadratic=True)
+  if name == HF_MECHANISM:  # HF's layer runs in its own interpreter (`_run_hf`)
+    return Measured(None, band_pairs)
   mechanism, preset = attention.variants()[name]
   dilation = None
   if preset and "dilation" in preset(setup.heads) and setup.dilations:
@@ -184,13 +178,13 @@ def _measured_variant(name: str, setup: Setup) -> Measured:
   global_positions = GLOBAL_POSITIONS if bound.uses_global else ()
 
   def attend(q, k, v, *global_qkv):
-    global_mask = _global_mask(q.shape[:2]) if bound.uses_global else None
+    global_mask = global_token_mask(q.shape[:2]) if bound.uses_global else None
     return bound(q, k, v, global_mask=global_mask, global_qkv=global_qkv or None)
 
   def count_pairs(length: int) -> int:
     if mechanism.pattern is not attention.window_pattern:  # no closed form: count the mask
       return int(np.sum(bound.pattern(length, global_mask=(
-          _global_mask((1, length)) if global_positions else None))))
+          global_token_mask((1, length)) if global_positions else None))))
     options = dict(bound.options)
     return pattern_pairs(length, options.get("window"),
                          common.dilation_per_head(options.get("dilation", 1), setup.heads),
@@ -200,42 +194,13 @@ def _measured_variant(name: str, setup: Setup) -> Measured:
                   quadratic=mechanism.quadratic)
 
 
-def _band_pairs(setup: Setup) -> Callable[[int], int]:
-  """The pair count of the undilated band of window w (both baselines compute it)."""
-  return lambda length: pattern_pairs(length, setup.window, (1,) * setup.heads)
-
-
-def _banded(setup: Setup) -> Measured:
-  def attend(q, k, v):
-    return jax.nn.dot_product_attention(
-        q, k, v, local_window_size=(setup.window, setup.window), implementation="xla")
-  return Measured(attend, _band_pairs(setup), quadratic=True)
-
-
-# Rows that are not mechanisms of the registry, by name -> their `Measured`. HF's layer runs
-# in its own interpreter (`_run_hf`); only its pattern is needed here.
-BASELINES: dict[str, Callable[[Setup], Measured]] = {
-    BANDED_BASELINE: _banded,
-    HF_MECHANISM: lambda setup: Measured(None, _band_pairs(setup)),
-}
-
-
 def row_names() -> list[str]:
   """What `--mechanisms` may name: every registry variant, then the baselines (HF's only
   through --hf_python)."""
   return [*attention.variants(), BANDED_BASELINE]
 
 
-def measured(name: str, setup: Setup) -> Measured:
-  if name in BASELINES:
-    return BASELINES[name](setup)
-  return _measured_variant(name, setup)
-
-
-flags.register_validator(
-    "mechanisms", lambda names: names is None or (names and set(names) <= set(row_names())),
-    f"must be a comma-separated subset of the registry variants and baselines "
-    f"({','.join(row_names())})")
+cli.subset_of("mechanisms", row_names(), "the registry variants and baselines")
 
 
 def pattern_pairs(length: int, window: int | None, dilations: Sequence[int],
@@ -263,10 +228,8 @@ def pattern_pairs(length: int, window: int | None, dilations: Sequence[int],
 
 
 def useful_gflop(mechanism: str, length: int, setup: Setup) -> float:
-  """3 x the forward FLOPs of q @ k^T and probs @ v over the attended pairs, in GFLOP.
-
-  The backward pass is counted as twice the forward (4 matmuls against 2), as usual.
-  """
+  """3 x the forward FLOPs of q @ k^T and probs @ v over the attended pairs, in GFLOP (the
+  backward counted as twice the forward: 4 matmuls against 2)."""
   pairs = measured(mechanism, setup).count_pairs(length)
   return 3 * 2 * 2 * setup.batch * pairs * setup.head_dim / 1e9
 
@@ -275,146 +238,56 @@ def useful_gflop(mechanism: str, length: int, setup: Setup) -> float:
 # One measurement, in a fresh process.
 
 
-def _peak_rss_gb() -> float:
-  """This process's peak RSS in GB (1e9 bytes)."""
-  # VmHWM is the high-water mark of this process's own memory. ru_maxrss is not: Linux
-  # carries a parent's RSS at fork into the child's ru_maxrss across exec, so every child
-  # would report at least the size of this script's parent process.
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024 / 1e9
-  except OSError:
-    pass
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return (peak if sys.platform == "darwin" else peak * 1024) / 1e9
-
-
-def _time_calls(step: Callable[[], object], warmup: int, repeats: int) -> dict:
-  """Seconds of each call: `warmup` untimed ones (the first compiles), then `repeats`."""
-  times = []
-  for _ in range(warmup + repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step())
-    times.append(time.perf_counter() - start)
-  return {"warmup_s": times[:warmup], "times_s": times[warmup:],
-          "median_s": statistics.median(times[warmup:])}
-
-
-def _random_inputs(count: int, shape, dtype: str):
-  # Drawn by numpy: jax.random would compile a few ops first, seconds on a small machine.
-  rng = np.random.default_rng(0)
-  return jax.block_until_ready(
-      [jax.device_put(rng.standard_normal(shape, np.float32).astype(jnp.dtype(dtype)))
-       for _ in range(count)])
-
-
-def measure_attention(mechanism: str, length: int, setup: Setup) -> dict:
-  spec = measured(mechanism, setup)
-  shape = (setup.batch, length, setup.heads, setup.head_dim)
-  *inputs, cotangent = _random_inputs(spec.inputs + 1, shape, setup.dtype)
-  setup_rss_gb = psutil.Process().memory_info().rss / 1e9
-
-  @jax.jit
-  def forward_backward(cotangent, *arrays):
-    # The gradients of every input for a fixed random output gradient, as a model's
-    # backward hands the layer. (Under a loss like sum(output) the output's gradient would
-    # be a constant, which XLA folds into the backward.)
-    _, pullback = jax.vjp(spec.attend, *arrays)
-    return pullback(cotangent)
-
-  step = functools.partial(forward_backward, cotangent)
-  timing = _time_calls(lambda: step(*inputs), _WARMUP.value, _REPEATS.value)
-  return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": _peak_rss_gb()}
-
-
-def measure_matmul(n: int, dtype: str) -> dict:
-  a, b = _random_inputs(2, (n, n), dtype)
-  # At least 20 steps: one takes a fraction of a second, and it sets every row's proportion.
-  timing = _time_calls(lambda: jnp.matmul(a, b), _WARMUP.value, max(_REPEATS.value, 20))
-  device = jax.devices()[0]
-  kind = "" if device.device_kind == device.platform else f" ({device.device_kind})"
-  return {**timing, "gflops": 2 * n**3 / timing["median_s"] / 1e9,
-          "device": device.platform + kind}
-
-
 def measure_one(spec: str, setup: Setup) -> dict:
-  """Runs `mechanism:length` or `matmul:n` (the `--_one` mode)."""
+  """Measures `mechanism:length` or `matmul:n` in this process (the `--_one` mode)."""
   name, _, size = spec.partition(":")
   if name == "matmul":
-    return measure_matmul(int(size), setup.dtype)
-  return measure_attention(name, int(size), setup)
+    return harness.matmul_rate(int(size), setup.dtype, warmup=_WARMUP.value,
+                               repeats=_REPEATS.value)
+  row = measured(name, setup)
+  shape = (setup.batch, int(size), setup.heads, setup.head_dim)
+  *inputs, cotangent = harness.random_inputs(row.inputs + 1, shape, setup.dtype)
+  setup_rss_gb = harness.rss_gb()
+  step = harness.forward_backward(row.attend)
+  timing = harness.time_jax_calls(lambda: step(cotangent, *inputs), _WARMUP.value,
+                                  _REPEATS.value)
+  return {**timing, "setup_rss_gb": setup_rss_gb, "peak_rss_gb": harness.peak_rss_gb()}
 
 
 # ---------------------------------------------------------------------------------------------
 # The driver: subprocesses, tables, figure.
 
 
-def _child_env() -> dict:
-  env = dict(os.environ)
-  if _HUGE_PAGES.value:
-    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-    env["GLIBC_TUNABLES"] = ":".join(tunables + ["glibc.malloc.hugetlb=1"])
-  return env
-
-
-def _run(command: list[str]) -> tuple[str | None, str]:
-  """Runs a measuring process; returns (stdout, "") or (None, why it failed)."""
-  completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False,
-                             env=_child_env())
-  if completed.returncode == 0:
-    return completed.stdout, ""
-  if completed.returncode < 0:
-    return None, f"killed by signal {-completed.returncode} (out of memory?)"
-  return None, cli.child_failure(completed)
-
-
 def _run_self(spec: str) -> dict:
   """Measures `spec` (see `measure_one`) in a fresh process of this script."""
   passed = ("window", "heads", "head_dim", "batch", "dtype", "dilations", "repeats", "warmup")
-  stdout, failure = _run([sys.executable, "-m", "experiments.bench_attention", f"--_one={spec}",
-                          *(flags.FLAGS[name].serialize() for name in passed)])
-  if stdout is None:
-    return {"status": f"failed: {failure}"}
-  # The record is the last line; libraries may print before it.
-  return {"status": "ok", **json.loads(stdout.strip().splitlines()[-1])}
+  return harness.measure_in_child(
+      [sys.executable, "-m", "experiments.bench_attention", f"--_one={spec}",
+       *(flags.FLAGS[name].serialize() for name in passed)],
+      env=harness.child_env(huge_pages=_HUGE_PAGES.value))
 
 
 def _run_hf(length: int) -> dict:
-  """Times HF's Longformer layer at one length with its own script and interpreter."""
-  with tempfile.TemporaryDirectory() as folder:
-    path = os.path.join(folder, "hf.json")
-    stdout, failure = _run([
-        _HF_PYTHON.value, HF_SCRIPT, f"--lengths={length}", f"--repeats={_REPEATS.value}",
-        f"--warmup={_WARMUP.value}", f"--heads={_HEADS.value}", f"--head_dim={_HEAD_DIM.value}",
-        f"--window={_WINDOW.value}", f"--out={path}"])
-    if stdout is None:
-      return {"status": f"failed: {failure}"}
-    with open(path) as f:
-      record = json.load(f)[0]
-  return {"status": "ok", "times_s": record["times_s"], "median_s": record["median_s"],
-          "setup_rss_gb": record["base_rss_gb"], "peak_rss_gb": record["peak_rss_gb"]}
+  """Times HF's Longformer layer at one length in a fresh process of its own interpreter."""
+  record = harness.measure_in_child(
+      [_HF_PYTHON.value, harness.HF_SCRIPT, "--child", f"--lengths={length}",
+       f"--repeats={_REPEATS.value}", f"--warmup={_WARMUP.value}", f"--heads={_HEADS.value}",
+       f"--head_dim={_HEAD_DIM.value}", f"--window={_WINDOW.value}"],
+      env=harness.child_env(huge_pages=_HUGE_PAGES.value))
+  if record["status"] == "ok":
+    record["setup_rss_gb"] = record.pop("base_rss_gb")
+  return record
 
 
-def _skip_reason(mechanism: str, length: int, setup: Setup,
-                 memory_limit_gb: float) -> str | None:
-  if not measured(mechanism, setup).quadratic:
-    return None
-  if length > _FULL_MAX_LENGTH.value:
-    return f"skipped: length > --full_max_length={_FULL_MAX_LENGTH.value}"
-  scores_gb = setup.batch * setup.heads * length**2 * 4 / 1e9
-  if scores_gb > memory_limit_gb:
-    return (f"skipped: its {scores_gb:.1f} GB score tensor > "
-            f"--memory_limit_gb={memory_limit_gb:.1f}")
-  return None
-
-
-def _measure(mechanism: str, length: int, setup: Setup, memory_limit_gb: float) -> dict:
+def _measure(mechanism: str, length: int, setup: Setup) -> dict:
   """The record of one (mechanism, length), measured in a fresh process, or why not."""
   if mechanism == HF_MECHANISM:
     return _run_hf(length)
-  skip = _skip_reason(mechanism, length, setup, memory_limit_gb)
+  skip = None
+  if measured(mechanism, setup).quadratic:
+    scores_gb = setup.batch * setup.heads * length**2 * 4 / 1e9
+    skip = harness.quadratic_skip(length, scores_gb, full_max_length=_FULL_MAX_LENGTH.value,
+                                  memory_limit_gb=_MEMORY_LIMIT_GB.value, what="score tensor")
   return {"status": skip} if skip else _run_self(f"{mechanism}:{length}")
 
 
@@ -429,33 +302,15 @@ def _plan(lengths: list[int]) -> list[tuple[str, int]]:
           for name in names + ([HF_MECHANISM] if n in hf_lengths else [])]
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def _machine(matmuls: list[dict], setup: Setup) -> dict:
   rates = [m["gflops"] for m in matmuls if m.get("gflops")]
-  return {
-      "cpu": _cpu_model(),
-      "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count(),
-      "device": next((m["device"] for m in matmuls if m.get("device")), None),
-      "jax": importlib.metadata.version("jax"),
-      "matmul_n": _MATMUL_SIZE.value,
-      "matmul_gflops": statistics.median(rates) if rates else None,
-      "matmul_gflops_range": [min(rates), max(rates)] if rates else None,
-      "malloc_huge_pages": _HUGE_PAGES.value,
-      "repeats": _REPEATS.value,
-      "rounds": _ROUNDS.value,
-      **dataclasses.asdict(setup),
-  }
+  return {"cpu": harness.cpu_model(), "cores": harness.cores(),
+          "device": next((m["device"] for m in matmuls if m.get("device")), None),
+          "jax": importlib.metadata.version("jax"), "matmul_n": _MATMUL_SIZE.value,
+          "matmul_gflops": statistics.median(rates) if rates else None,
+          "matmul_gflops_range": [min(rates), max(rates)] if rates else None,
+          "malloc_huge_pages": _HUGE_PAGES.value, "repeats": _REPEATS.value,
+          "rounds": _ROUNDS.value, **dataclasses.asdict(setup)}
 
 
 CSV_COLUMNS = ("mechanism", "length", "status", "median_s", "useful_gflop", "useful_gflops",
@@ -501,43 +356,33 @@ def _finish_row(row: dict, setup: Setup, matmul_gflops: float | None) -> dict:
   return row
 
 
-def _fmt(value, spec: str) -> str:
-  return "" if value is None else format(value, spec)
-
-
 def markdown(rows: list[dict], machine: dict) -> str:
   matmul = "not measured"
   if machine["matmul_gflops"]:
     low, high = machine["matmul_gflops_range"]
     matmul = (f"median {machine['matmul_gflops']:.1f} GFLOP/s over the lengths (from "
               f"{low:.1f} to {high:.1f})")
-  lines = [
+  fmt = harness.fmt
+  return harness.markdown_page(
       "# Attention benchmark: forward + backward",
-      "",
       f"Machine: {machine['cpu']}, {machine['cores']} cores, JAX device {machine['device']}; "
       f"jax {machine['jax']}; {machine['dtype']}; window {machine['window']} (one-sided); "
       f"{machine['heads']} heads x {machine['head_dim']}; batch {machine['batch']}; "
       f"matmul rate ({machine['matmul_n']}^3, {machine['dtype']}): {matmul}; malloc on "
       f"huge pages: {'yes' if machine['malloc_huge_pages'] else 'no'}.",
-      "",
       f"Time: median of the timed steps ({machine['repeats']} per measuring process x "
       f"{machine['rounds']} round(s), pooled). Useful GFLOP/s: 3 x the forward FLOPs of the two "
       "matmuls over exactly the keys each query sees, per second. RSS in GB (1e9 bytes) of "
       "the measuring process: after setup (inputs allocated, before compiling) and peak.",
-      "",
-      "| mechanism | length | median time (s) | useful GFLOP/s | matmul GFLOP/s (this length) "
-      "| % of matmul rate | setup RSS (GB) | peak RSS (GB) | note |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-  ]
-  for row in rows:
-    note = "" if row["status"] == "ok" else row["status"]
-    lines.append(
-        f"| {row['mechanism']} | {row['length']} | {_fmt(row.get('median_s'), '.4f')} "
-        f"| {_fmt(row.get('useful_gflops'), '.2f')} | {_fmt(row.get('matmul_gflops'), '.1f')} "
-        f"| {_fmt(row.get('pct_of_matmul'), '.1f')} "
-        f"| {_fmt(row.get('setup_rss_gb'), '.2f')} | {_fmt(row.get('peak_rss_gb'), '.2f')} "
-        f"| {note} |")
-  return "\n".join(lines) + "\n"
+      harness.markdown_table(
+          ["mechanism", "length", "median time (s)", "useful GFLOP/s",
+           "matmul GFLOP/s (this length)", "% of matmul rate", "setup RSS (GB)",
+           "peak RSS (GB)", "note"], "lrrrrrrrl",
+          ([row["mechanism"], row["length"], fmt(row.get("median_s"), ".4f"),
+            fmt(row.get("useful_gflops"), ".2f"), fmt(row.get("matmul_gflops"), ".1f"),
+            fmt(row.get("pct_of_matmul"), ".1f"), fmt(row.get("setup_rss_gb"), ".2f"),
+            fmt(row.get("peak_rss_gb"), ".2f"), "" if row["status"] == "ok" else row["status"]]
+           for row in rows)))
 
 
 def key_ratios(rows: list[dict]) -> list[str]:
@@ -567,41 +412,27 @@ def key_ratios(rows: list[dict]) -> list[str]:
   return lines
 
 
-def plot(rows: list[dict], machine: dict, path: str) -> None:
-  """Time and peak RSS against length, log-log, one line per mechanism."""
-  # Imported here: the measuring subprocesses never plot, and would pay for the import.
-  from experiments import plotting  # pylint: disable=g-import-not-at-top
-  plotting.versus_length(
-      rows, path, name_key="mechanism",
-      panels=[("median_s", "seconds per step", "forward + backward time"),
-              ("peak_rss_gb", "peak RSS (GB)", "peak memory")],
-      title=f"window {machine['window']}, {machine['heads']} heads x {machine['head_dim']}, "
-            f"batch {machine['batch']}, {machine['dtype']}, {machine['cpu']} "
-            f"({machine['cores']} cores)")
-
-
 def write_outputs(rows: list[dict], machine: dict, matmuls: list[dict], out: str) -> str:
-  """Writes bench.{csv,md,json,png} and returns the Markdown."""
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "bench.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
+  """Writes bench.{csv,md,json,png} and returns the Markdown table."""
   text = markdown(rows, machine)
-  with open(os.path.join(out, "bench.md"), "w") as f:
-    f.write(text + "\n" + "\n".join(f"- {line}" for line in key_ratios(rows)) + "\n")
-  with open(os.path.join(out, "bench.json"), "w") as f:
-    json.dump({"machine": machine, "matmuls": matmuls, "rows": rows}, f, indent=2)
-  plot(rows, machine, os.path.join(out, "bench.png"))
+  ratios = "\n".join(f"- {line}" for line in key_ratios(rows))
+  harness.write_outputs(
+      out, "bench", markdown=f"{text}\n{ratios}\n", columns=CSV_COLUMNS, rows=rows,
+      record={"machine": machine, "matmuls": matmuls, "rows": rows},
+      figure=dict(name_key="mechanism",
+                  panels=[("median_s", "seconds per step", "forward + backward time"),
+                          ("peak_rss_gb", "peak RSS (GB)", "peak memory")],
+                  title=f"window {machine['window']}, {machine['heads']} heads x "
+                        f"{machine['head_dim']}, batch {machine['batch']}, {machine['dtype']}, "
+                        f"{machine['cpu']} ({machine['cores']} cores)"))
   return text
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   setup = Setup.from_flags()
   if _ONE.value:
-    print(json.dumps(measure_one(_ONE.value, setup)))
+    harness.print_record(measure_one(_ONE.value, setup))
     return
   if _HF_PYTHON.value:
     if not os.access(_HF_PYTHON.value, os.X_OK):
@@ -609,9 +440,6 @@ def main(argv):
     if setup.dtype != "float32" or setup.batch != 1:
       raise errors.ConfigError("--hf_python measures HF at float32 and batch 1 only: drop "
                                "--hf_python, or use --dtype=float32 --batch=1")
-  memory_limit_gb = _MEMORY_LIMIT_GB.value
-  if memory_limit_gb is None:
-    memory_limit_gb = psutil.virtual_memory().total / 2e9
   lengths = [int(n) for n in _LENGTHS.value]
 
   plan = _plan(lengths)
@@ -625,7 +453,7 @@ def main(argv):
         matmul_records[length].append(_run_self(f"matmul:{_MATMUL_SIZE.value}"))
         print(_progress(matmul_records[length][-1]), flush=True)
       print(f"{rounds}[{index}/{len(plan)}] {name} length {length} ...", flush=True)
-      records[name, length].append(_measure(name, length, setup, memory_limit_gb))
+      records[name, length].append(_measure(name, length, setup))
       print(_progress(records[name, length][-1]), flush=True)
 
   matmuls = [{"length": length, **_pool(matmul_records[length])} for length in lengths]

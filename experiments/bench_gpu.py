@@ -27,23 +27,18 @@ bench.md, bench.json and bench.png in `--out`. Rows that cannot run here (no cuD
 tokamax, no GPU) are kept with the reason.
 """
 
-import csv
 import functools
 import importlib.metadata
 import importlib.util
-import json
 import os
-import statistics
-import subprocess
 import sys
 
 from absl import flags
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from experiments import bench_attention
 from experiments import cli
+from experiments import harness
 from lra import attention
 from lra import errors
 
@@ -53,10 +48,6 @@ for _name, _default in (("lengths", ["4096", "8192", "16384", "32768", "65536"])
                         ("dtype", "bfloat16"), ("repeats", 20), ("matmul_size", 8192),
                         ("out", "results/bench_gpu")):
   FLAGS.set_default(_name, _default)
-_METHODS = flags.DEFINE_list(
-    "methods", ["local_pallas", "causal_pallas", "dilated_pallas", "longformer_pallas",
-                "local_xla", "cudnn_full", "cudnn_causal_window", "tokamax_local",
-                "tokamax_causal"], "Methods to measure (see the module docstring).")
 _TASK_SHAPES = flags.DEFINE_list(
     "task_shapes", ["pathfinder:512x1024x4x8", "pathx:64x16384x2x16"],
     "Extra shapes as name:batch x length x heads x head_dim, measured for local_pallas, "
@@ -75,20 +66,6 @@ CSV_COLUMNS = ("method", "shape", "batch", "length", "heads", "head_dim", "statu
 MODEL_CONFIGS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "enwik8")
 
 
-def _band_pairs(length, window, heads, causal=False, dilations=None):
-  """Query-key pairs of the window pattern, summed over heads."""
-  if causal:
-    i = np.arange(length)
-    return heads * int((np.minimum(window, i) + 1).sum())
-  return bench_attention.pattern_pairs(length, window, dilations or (1,) * heads)
-
-
-def _global_mask(shape):
-  mask = np.zeros(shape[:2], bool)
-  mask[:, 0] = True  # a [CLS]-like global token
-  return mask
-
-
 def _tokamax(q, k, v, *, window, causal):
   import tokamax  # pylint: disable=g-import-not-at-top
   return tokamax.dot_product_attention(q, k, v, is_causal=causal,
@@ -97,34 +74,39 @@ def _tokamax(q, k, v, *, window, causal):
 
 
 def methods(window: int, heads: int):
-  """name -> (attend(q, k, v), pairs(length) per batch row, requirement or None)."""
+  """name -> (attend(q, k, v), its pattern as `bench_attention.pattern_pairs` arguments other
+  than the window of every head, requirement or None)."""
   dilations = tuple(1 if h < heads // 2 else 2 for h in range(heads))
   local = functools.partial(attention.sliding_window_attention, window=window)
+  band, causal = {}, {"causal": True}
   return {
-      "local_pallas": (functools.partial(local, implementation="pallas"),
-                       lambda n: _band_pairs(n, window, heads), None),
+      "local_pallas": (functools.partial(local, implementation="pallas"), band, None),
       "causal_pallas": (functools.partial(local, causal=True, implementation="pallas"),
-                        lambda n: _band_pairs(n, window, heads, causal=True), None),
+                        causal, None),
       "dilated_pallas": (functools.partial(local, dilation=dilations, implementation="pallas"),
-                         lambda n: _band_pairs(n, window, heads, dilations=dilations), None),
+                         {"dilations": dilations}, None),
       "longformer_pallas": (
           lambda q, k, v: attention.longformer_attention(
-              q, k, v, window=window, global_mask=_global_mask(q.shape),
-              implementation="pallas"),
-          lambda n: bench_attention.pattern_pairs(n, window, (1,) * heads, (0,)), None),
-      "local_xla": (functools.partial(local, implementation="xla"),
-                    lambda n: _band_pairs(n, window, heads), None),
+              q, k, v, window=window, implementation="pallas",
+              global_mask=bench_attention.global_token_mask(q.shape[:2])),
+          {"global_positions": bench_attention.GLOBAL_POSITIONS}, None),
+      "local_xla": (functools.partial(local, implementation="xla"), band, None),
       "cudnn_full": (functools.partial(jax.nn.dot_product_attention, implementation="cudnn"),
-                     lambda n: heads * n * n, "gpu"),
+                     {"window": None}, "gpu"),
       "cudnn_causal_window": (
           functools.partial(jax.nn.dot_product_attention, is_causal=True,
                             local_window_size=(window, 0), implementation="cudnn"),
-          lambda n: _band_pairs(n, window, heads, causal=True), "gpu"),
-      "tokamax_local": (functools.partial(_tokamax, window=window, causal=False),
-                        lambda n: _band_pairs(n, window, heads), "tokamax"),
-      "tokamax_causal": (functools.partial(_tokamax, window=window, causal=True),
-                         lambda n: _band_pairs(n, window, heads, causal=True), "tokamax"),
+          causal, "gpu"),
+      "tokamax_local": (functools.partial(_tokamax, window=window, causal=False), band,
+                        "tokamax"),
+      "tokamax_causal": (functools.partial(_tokamax, window=window, causal=True), causal,
+                         "tokamax"),
   }
+
+
+_METHODS = flags.DEFINE_list("methods", list(methods(1, 2)),
+                             "Methods to measure (see the module docstring).")
+cli.subset_of("methods", list(methods(1, 2)), "the methods")
 
 
 def _unmet(requirement) -> str | None:
@@ -135,36 +117,14 @@ def _unmet(requirement) -> str | None:
   return None
 
 
-def _compiled_gb(jitted, *args) -> float | None:
-  analysis = jitted.lower(*args).compile().memory_analysis()
-  if analysis is None:
-    return None
-  return (analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
-          analysis.temp_size_in_bytes) / 1e9
-
-
 def measure(attend, shape, dtype: str) -> dict:
   """Times `attend`'s forward + backward on random inputs of `shape`."""
-  q, k, v, cotangent = bench_attention._random_inputs(4, shape, dtype)  # pylint: disable=protected-access
-
-  @jax.jit
-  def step(q, k, v, cotangent):
-    _, pullback = jax.vjp(attend, q, k, v)
-    return pullback(cotangent)
-
-  memory_gb = _compiled_gb(step, q, k, v, cotangent)
-  timing = bench_attention._time_calls(  # pylint: disable=protected-access
-      lambda: step(q, k, v, cotangent), FLAGS.warmup, FLAGS.repeats)
-  return {**timing, "memory_gb": memory_gb}
-
-
-def _matmul_tflops(dtype: str) -> float:
-  n = FLAGS.matmul_size
-  a, b = bench_attention._random_inputs(2, (n, n), dtype)  # pylint: disable=protected-access
-  matmul = jax.jit(jnp.matmul)
-  timing = bench_attention._time_calls(lambda: matmul(a, b), FLAGS.warmup,  # pylint: disable=protected-access
-                                       max(FLAGS.repeats, 20))
-  return 2 * n**3 / timing["median_s"] / 1e12
+  *inputs, cotangent = harness.random_inputs(4, shape, dtype)
+  step = harness.forward_backward(attend)
+  memory = harness.compiled_memory_gb(step.lower(cotangent, *inputs).compile())
+  timing = harness.time_jax_calls(lambda: step(cotangent, *inputs), FLAGS.warmup,
+                                  FLAGS.repeats)
+  return {**timing, "memory_gb": memory and memory["memory_gb"]}
 
 
 def _plan():
@@ -187,10 +147,12 @@ def _plan():
 
 def _measure_row(name, label, shape, dtype, matmul_tflops) -> dict:
   batch, length, heads, head_dim = shape
-  attend, pairs, requirement = methods(FLAGS.window, heads)[name]
+  attend, pattern, requirement = methods(FLAGS.window, heads)[name]
   row = {"method": name, "shape": label, "batch": batch, "length": length, "heads": heads,
          "head_dim": head_dim}
-  useful_tflop = 3 * 2 * 2 * batch * pairs(length) * head_dim / 1e12
+  pairs = bench_attention.pattern_pairs(
+      length, **{"window": FLAGS.window, "dilations": (1,) * heads, **pattern})
+  useful_tflop = 3 * 2 * 2 * batch * pairs * head_dim / 1e12
   row["status"] = _unmet(requirement) or "ok"
   if row["status"] == "ok":
     try:
@@ -209,60 +171,48 @@ def _bench_models(out: str) -> list[dict]:
   results = []
   for task in MODEL_CONFIGS:
     print(f"train step: configs/{task}.py (paper, longformer) ...", flush=True)
-    completed = subprocess.run(
+    stdout, failure = harness.run_child(
         [sys.executable, "-m", "experiments.bench_model",
          f"--config=configs/{task}.py:attention=longformer", "--steps=3", f"--out={out}"],
-        cwd=bench_attention.REPO, capture_output=True, text=True, check=False)
-    message = (completed.stdout.strip().splitlines() or [""])[-1]
-    if completed.returncode:
-      message = "failed: " + "\n".join(completed.stderr.strip().splitlines()[-5:])
+        cwd=harness.REPO)
+    message = f"failed: {failure}" if stdout is None else (stdout.strip().splitlines() or [""])[-1]
     print("  " + message, flush=True)
     results.append({"task": task, "result": message})
   return results
 
 
 def markdown(rows, machine, models) -> str:
-  lines = [
+  fmt = harness.fmt
+  return harness.markdown_page(
       "# Accelerator benchmark: forward + backward",
-      "",
       f"Device {machine['device']}; jax {machine['jax']}; {machine['dtype']}; window "
       f"{machine['window']} (one-sided); measured matmul rate "
       f"{machine['matmul_tflops']:.0f} TFLOP/s ({machine['matmul_n']}^3). Time: median of "
       f"{machine['repeats']} steps. Useful TFLOP/s: 3 x the forward FLOPs over the attended "
       "pairs. Memory: XLA's compiled footprint of the step.",
-      "",
-      "| method | shape (batch x heads x head_dim) | length | median time (ms) "
-      "| useful TFLOP/s | % of matmul rate | memory (GB) | note |",
-      "|---|---|---:|---:|---:|---:|---:|---|",
-  ]
-  for row in rows:
-    ms = None if row.get("median_s") is None else 1e3 * row["median_s"]
-    fmt = bench_attention._fmt  # pylint: disable=protected-access
-    lines.append(
-        f"| {row['method']} | {row['batch']} x {row['heads']} x {row['head_dim']} "
-        f"| {row['length']} | {fmt(ms, '.3f')} | {fmt(row.get('useful_tflops'), '.1f')} "
-        f"| {fmt(row.get('pct_of_matmul'), '.1f')} | {fmt(row.get('memory_gb'), '.2f')} "
-        f"| {'' if row['status'] == 'ok' else row['status']} |")
-  if models:
-    lines += ["", "Train steps of the paper configs (longformer attention):", ""]
-    lines += [f"- {m['task']}: {m['result']}" for m in models]
-  return "\n".join(lines) + "\n"
+      harness.markdown_table(
+          ["method", "shape (batch x heads x head_dim)", "length", "median time (ms)",
+           "useful TFLOP/s", "% of matmul rate", "memory (GB)", "note"], "llrrrrrl",
+          ([row["method"], f"{row['batch']} x {row['heads']} x {row['head_dim']}",
+            row["length"], fmt(row.get("median_s") and 1e3 * row["median_s"], ".3f"),
+            fmt(row.get("useful_tflops"), ".1f"), fmt(row.get("pct_of_matmul"), ".1f"),
+            fmt(row.get("memory_gb"), ".2f"), "" if row["status"] == "ok" else row["status"]]
+           for row in rows)),
+      "Train steps of the paper configs (longformer attention):" if models else "",
+      [f"- {m['task']}: {m['result']}" for m in models])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   if jax.default_backend() == "cpu" and not _ALLOW_CPU.value:
     raise errors.ConfigError(
         "no GPU or TPU here (jax.default_backend() is 'cpu'): install jax for the "
         "accelerator (make ... ACCEL=cuda13), or pass --allow_cpu to check the command with "
         "interpret-mode kernels on small --lengths")
-  unknown = sorted(set(_METHODS.value) - set(methods(1, 2)))
-  if unknown:
-    raise errors.ConfigError(f"unknown --methods {unknown}; known: {', '.join(methods(1, 2))}")
   dtype = FLAGS.dtype
   print(f"matmul {FLAGS.matmul_size}^3 ({dtype}) ...", flush=True)
-  matmul_tflops = _matmul_tflops(dtype)
+  matmul_tflops = harness.matmul_rate(FLAGS.matmul_size, dtype, warmup=FLAGS.warmup,
+                                      repeats=FLAGS.repeats)["gflops"] / 1e3
   print(f"  {matmul_tflops:.1f} TFLOP/s", flush=True)
   rows = []
   plan = _plan()
@@ -272,8 +222,7 @@ def main(argv):
     row = rows[-1]
     print(f"  {1e3 * row['median_s']:.3f} ms, {row['useful_tflops']:.1f} TFLOP/s"
           if row["status"] == "ok" else f"  {row['status']}", flush=True)
-  device = jax.devices()[0]
-  machine = {"device": f"{device.platform} ({device.device_kind})",
+  machine = {"device": harness.device_name(),
              "jax": importlib.metadata.version("jax"), "dtype": dtype,
              "window": FLAGS.window, "matmul_n": FLAGS.matmul_size,
              "matmul_tflops": matmul_tflops, "repeats": FLAGS.repeats}
@@ -281,22 +230,14 @@ def main(argv):
   os.makedirs(out, exist_ok=True)
   models = _bench_models(out) if _MODELS.value else []
   text = markdown(rows, machine, models)
-  with open(os.path.join(out, "bench.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(out, "bench.json"), "w") as f:
-    json.dump({"machine": machine, "rows": rows, "models": models}, f, indent=2)
-  with open(os.path.join(out, "bench.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-  from experiments import plotting  # pylint: disable=g-import-not-at-top
-  plotting.versus_length(
-      [r for r in rows if r["shape"] == str(r["length"])],
-      os.path.join(out, "bench.png"), name_key="method",
-      panels=[("median_s", "seconds per step", "forward + backward time"),
-              ("useful_tflops", "useful TFLOP/s", "useful throughput")],
-      title=f"window {FLAGS.window}, {FLAGS.heads} heads x {FLAGS.head_dim}, {dtype}, "
-            f"{machine['device']}")
+  harness.write_outputs(
+      out, "bench", markdown=text, columns=CSV_COLUMNS, rows=rows,
+      record={"machine": machine, "rows": rows, "models": models},
+      figure=dict(rows=[r for r in rows if r["shape"] == str(r["length"])], name_key="method",
+                  panels=[("median_s", "seconds per step", "forward + backward time"),
+                          ("useful_tflops", "useful TFLOP/s", "useful throughput")],
+                  title=f"window {FLAGS.window}, {FLAGS.heads} heads x {FLAGS.head_dim}, "
+                        f"{dtype}, {machine['device']}"))
   print()
   print(text)
   for length in (8192, 16384):

@@ -1,73 +1,52 @@
 r"""Times HuggingFace's Longformer attention core, forward + backward, on the CPU.
 
-What is measured: `LongformerSelfAttention` from
-`transformers.models.longformer.modeling_longformer`, with its six projections
-(`query`, `key`, `value`, `query_global`, `key_global`, `value_global`)
-replaced by identities, so only the attention core is timed: the banded
-query-key product, the padding mask, the softmax and the banded
-probabilities-value product, plus their backward. The setup, chosen to compare
-with the project's JAX attention on the same machine: batch 1, 8 heads of 64
-(hidden 512), one-sided window 256, no global tokens, float32, dropout 0. The
-input hidden states require grad, and one timed step is the forward and
-`output.backward(g)` for a fixed random output gradient `g`, as the JAX benchmark
-pulls one back.
+What is measured: `LongformerSelfAttention` (`transformers.models.longformer`) with its six
+projections replaced by identities, so that only the attention core is timed: the banded
+query-key product, the padding mask, the softmax, the banded probabilities-value product,
+and their backward. The setup matches the project's JAX benchmark: batch 1, 8 heads of 64,
+one-sided window 256, no global tokens, float32, dropout 0; one step is the forward and
+`output.backward(g)` for a fixed random output gradient `g` into the input hidden states.
 
-HF's `attention_window` is the TOTAL window, twice the one-sided one (the layer
-halves it), so a one-sided window of 256 is `attention_window=512`. The layer
-asserts that the sequence length is a multiple of `attention_window`
-(`LongformerModel` pads to it before calling its layers; the bare layer does
-not), so every length given here must be a multiple of 2 * `--window` (512 with
-the defaults).
+HF's `attention_window` is the TOTAL window, twice the one-sided one, and the bare layer
+asserts that the length is a multiple of it (`LongformerModel` pads first), so every length
+must be a multiple of 2 * `--window`.
 
-Each length runs in a fresh subprocess (the script re-invokes itself with one
-length), so the peak RSS of one length does not carry into the next. Peak RSS is
-the child's `ru_maxrss`, which includes the interpreter, torch and
-transformers; `base_rss_gb` is the child's RSS after imports and input setup,
-before the first step, so `peak_rss_gb - base_rss_gb` is roughly what the
-attention itself needed. GB here is 10**9 bytes.
+Each length runs in a fresh child process, so that its peak RSS (which includes the
+interpreter, torch and transformers) is its own; `base_rss_gb` is its RSS after setup,
+before the first step. GB are 10**9 bytes.
 
-This script is never a dependency of the project: torch and transformers are
-not in `requirements.txt` or `pyproject.toml`, nothing in the project imports
-this file, and it imports neither jax nor `lra`. Install them in a scratch
-virtual environment outside the repository:
+torch and transformers are no dependency of the project, and this script imports neither
+jax nor `lra` (only `experiments/harness.py`, which needs neither). Install them in a
+scratch virtual environment and run it from the repository root:
 
   python3 -m venv /tmp/hfvenv && \
     /tmp/hfvenv/bin/pip install torch==2.13.0 transformers==5.24.0 psutil
-
-and run it from the repository root:
-
   /tmp/hfvenv/bin/python experiments/bench_hf_longformer.py \
     --lengths=1024,4096 --repeats=3 --out=results/hf_longformer.json
 
-It prints the median seconds per step for each length and, with `--out`, writes
-a JSON list of {"length", "median_s", "times_s", "peak_rss_gb", "base_rss_gb"}.
+It prints the median seconds per step of each length and, with `--out`, writes a JSON list
+of {"length", "median_s", "times_s", "peak_rss_gb", "base_rss_gb"}.
 
-With `--model`, the whole `LongformerModel` is timed instead: random weights of
-`--layers` layers of `--heads` x `--head_dim` (the MLP 4x wider, vocabulary 50265 and
-4098 positions, as `allenai/longformer-base-4096`), `--global_tokens` leading global
-tokens, eval mode (no dropout), and one step is the forward and the backward of
-`sum(last_hidden_state * g)` into every parameter (`--remat`: with HF's gradient
-checkpointing of every layer). Lengths need not be multiples of
-the window (the model pads). `experiments.bench_pretrained` runs this side by side with
-the project's model:
-
-  /tmp/hfvenv/bin/python experiments/bench_hf_longformer.py --model \
-    --heads=12 --head_dim=64 --window=256 --layers=12 --global_tokens=1 --lengths=4096
+With `--model`, the whole `LongformerModel` is timed instead (what
+`experiments.bench_pretrained` runs beside the project's model): random weights of
+`--layers` layers of `--heads` x `--head_dim` (MLP 4x wider, vocabulary 50265, 4098
+positions, as `allenai/longformer-base-4096`), `--global_tokens` leading global tokens, eval
+mode, and one step is the forward and the backward of `sum(last_hidden_state * g)` into every
+parameter (`--remat`: HF's gradient checkpointing of every layer). The model pads, so lengths
+need not be multiples of the window.
 """
 
 import argparse
-import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
-import psutil
 import torch
 import transformers
 from transformers.models.longformer import modeling_longformer
+
+# Run as a file by another interpreter: the harness is found from the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _PROJECTIONS = ("query", "key", "value", "query_global", "key_global", "value_global")
 
@@ -87,41 +66,44 @@ class _FreshIdentity(torch.nn.Identity):
     return x.clone()
 
 
-def _default_threads():
-  # The cores this process may run on, which is what torch can actually use;
-  # os.cpu_count() would count cores outside a restricted affinity mask.
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
-def _parse_lengths(text):
-  return [int(part) for part in text.split(",") if part.strip()]
-
-
 def _build_layer(args):
-  """Returns HF's self-attention layer with identity projections, in eval mode."""
+  """HF's self-attention layer with identity projections, in eval mode."""
   config = transformers.LongformerConfig(
-      hidden_size=args.heads * args.head_dim,
-      num_attention_heads=args.heads,
+      hidden_size=args.heads * args.head_dim, num_attention_heads=args.heads,
       # HF's window is the total width; the layer halves it to the one-sided one.
-      attention_window=[2 * args.window],
-      attention_probs_dropout_prob=0.0,
-  )
+      attention_window=[2 * args.window], attention_probs_dropout_prob=0.0)
   layer = modeling_longformer.LongformerSelfAttention(config, layer_id=0)
   for name in _PROJECTIONS:
     setattr(layer, name, torch.nn.Identity())
   # Only the query is modified in place by HF; see _FreshIdentity.
   layer.query = _FreshIdentity()
-  # eval() turns dropout off outright; autograd still runs, since only
-  # torch.no_grad() would stop it.
-  layer.eval()
-  return layer
+  # eval() turns dropout off outright; autograd still runs (only torch.no_grad() stops it).
+  return layer.eval()
+
+
+def _layer_step(args, length):
+  """Forward + backward of the attention core on random hidden states."""
+  layer = _build_layer(args)
+  hidden = args.heads * args.head_dim
+  x = torch.randn(1, length, hidden, requires_grad=True)
+  cotangent = torch.randn(1, length, hidden)
+  # LongformerModel hands its layers a 2-D float mask of -10000-like (masked), 0 (local) or
+  # +large (global) values, and derives the other arguments from it once per forward
+  # (LongformerEncoder.forward). All zeros: every token local, none padding, none global.
+  attention_mask = torch.zeros(1, length)
+  masks = dict(is_index_masked=attention_mask < 0, is_index_global_attn=attention_mask > 0,
+               # A Python bool, as HF computes it with .item(); False skips the global paths.
+               is_global_attn=False)
+
+  def step():
+    x.grad = None
+    layer(x, attention_mask=attention_mask, **masks)[0].backward(cotangent)
+
+  return step
 
 
 def _model_step(args, length):
-  """Forward + backward of the whole LongformerModel; returns the step function."""
+  """Forward + backward of the whole LongformerModel into every parameter."""
   config = transformers.LongformerConfig(
       vocab_size=50265, max_position_embeddings=4098, type_vocab_size=1,
       hidden_size=args.heads * args.head_dim, num_attention_heads=args.heads,
@@ -148,88 +130,23 @@ def _model_step(args, length):
 
 
 def _measure_one_length(args, length):
-  """Times one length in this process and returns its result record."""
+  """Times one length in this process; returns its record."""
   torch.manual_seed(0)
-  if args.model:
-    step = _model_step(args, length)
-    base_rss_gb = psutil.Process().memory_info().rss / 1e9
-    return _time_steps(args, step, length, base_rss_gb)
-  layer = _build_layer(args)
-  hidden = args.heads * args.head_dim
-  x = torch.randn(1, length, hidden, dtype=torch.float32, requires_grad=True)
-  cotangent = torch.randn(1, length, hidden, dtype=torch.float32)
-  # LongformerModel hands its layers a 2-D float mask of -10000-like (masked),
-  # 0 (local) or +large (global) values, and derives the three other arguments
-  # from it once per forward (LongformerEncoder.forward). All zeros = every
-  # token attends locally, none is padding, none is global.
-  attention_mask = torch.zeros(1, length, dtype=torch.float32)
-  is_index_masked = attention_mask < 0
-  is_index_global_attn = attention_mask > 0
-  # A Python bool, as HF computes it with .item(); False skips the global paths.
-  is_global_attn = bool(is_index_global_attn.flatten().any().item())
-  base_rss_gb = psutil.Process().memory_info().rss / 1e9
-
-  def step():
-    x.grad = None
-    out = layer(
-        x,
-        attention_mask=attention_mask,
-        is_index_masked=is_index_masked,
-        is_index_global_attn=is_index_global_attn,
-        is_global_attn=is_global_attn,
-    )[0]
-    out.backward(cotangent)
-
-  return _time_steps(args, step, length, base_rss_gb)
-
-
-def _time_steps(args, step, length, base_rss_gb):
-  for _ in range(args.warmup):
-    step()
-  times = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  # ru_maxrss is in KB on Linux (bytes on macOS).
-  peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  peak_bytes = peak_kb if sys.platform == "darwin" else peak_kb * 1024
-  return {
-      "length": length,
-      "median_s": statistics.median(times),
-      "times_s": times,
-      "peak_rss_gb": peak_bytes / 1e9,
-      "base_rss_gb": base_rss_gb,
-  }
-
-
-def _run_child(args, length):
-  """Re-invokes this script on one length and returns its record."""
-  command = [
-      sys.executable, os.path.abspath(__file__), "--child",
-      f"--lengths={length}", f"--repeats={args.repeats}",
-      f"--warmup={args.warmup}", f"--threads={args.threads}",
-      f"--heads={args.heads}", f"--head_dim={args.head_dim}",
-      f"--window={args.window}", f"--layers={args.layers}",
-      f"--global_tokens={args.global_tokens}",
-  ] + (["--model"] if args.model else []) + (["--remat"] if args.remat else [])
-  # stderr passes through so a crash in the child shows its traceback.
-  completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-  if completed.returncode != 0:
-    print(f"length {length}: child exited with {completed.returncode}", file=sys.stderr)
-    return None
-  # The record is the child's last stdout line; anything before it is chatter
-  # from libraries.
-  return json.loads(completed.stdout.strip().splitlines()[-1])
+  step = (_model_step if args.model else _layer_step)(args, length)
+  base_rss_gb = harness.rss_gb()
+  timing = harness.time_calls(step, args.warmup, args.repeats)
+  return {"length": length, "median_s": timing["median_s"], "times_s": timing["times_s"],
+          "peak_rss_gb": harness.peak_rss_gb(), "base_rss_gb": base_rss_gb}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  parser.add_argument("--lengths", type=_parse_lengths, default=[1024, 2048, 4096],
+  parser.add_argument("--lengths", default=[1024, 2048, 4096],
+                      type=lambda text: [int(n) for n in text.split(",") if n.strip()],
                       help="Comma-separated sequence lengths, multiples of 2 * window.")
   parser.add_argument("--repeats", type=int, default=5, help="Timed steps per length.")
   parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per length first.")
-  parser.add_argument("--threads", type=int, default=_default_threads(),
+  parser.add_argument("--threads", type=int, default=harness.cores(),
                       help="torch.set_num_threads; defaults to the usable cores.")
   parser.add_argument("--heads", type=int, default=8)
   parser.add_argument("--head_dim", type=int, default=64)
@@ -254,7 +171,7 @@ def main():
 
   if args.child:
     torch.set_num_threads(args.threads)
-    print(json.dumps(_measure_one_length(args, args.lengths[0])))
+    harness.print_record(_measure_one_length(args, args.lengths[0]))
     return
 
   what = f"LongformerModel of {args.layers} layers" if args.model else "attention core"
@@ -263,8 +180,12 @@ def main():
         f"one-sided window {args.window}, {args.warmup} warmup + {args.repeats} repeats")
   results = []
   for length in args.lengths:
-    record = _run_child(args, length)
-    if record is None:
+    # This run's arguments, then one length: argparse keeps an option's last value.
+    record = harness.measure_in_child([sys.executable, os.path.abspath(__file__),
+                                       *sys.argv[1:], "--child", f"--lengths={length}"])
+    status = record.pop("status")
+    if status != "ok":
+      print(f"length {length}: the measurement {status}", file=sys.stderr)
       continue
     results.append(record)
     print(f"length {length:>6}: median {record['median_s']:.4f} s, "
@@ -272,8 +193,7 @@ def main():
           flush=True)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=2)
+    harness.write_json(args.out, results)
   if len(results) != len(args.lengths):
     sys.exit(1)
 

@@ -14,15 +14,13 @@ memory, and appends one JSON line per measurement to `--out/bench_model.jsonl`.
 
 import json
 import os
-import resource
-import subprocess
 import sys
-import time
 
 from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
+from experiments import harness
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config file.",
                                           lock_config=True)
@@ -75,43 +73,36 @@ def measure(config) -> dict:
   batch = jax.device_put(_synthetic_batch(config, data),
                          jax.sharding.NamedSharding(mesh, jax.P("data")))
   state = steps.state
-  start = time.perf_counter()
-  state, _ = steps.train_steps[0](state, batch)
-  jax.block_until_ready(state)
-  compile_s = time.perf_counter() - start
-  times = []
-  for _ in range(_STEPS.value):
-    start = time.perf_counter()
+
+  def step():
+    nonlocal state
     state, _ = steps.train_steps[0](state, batch)
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - start)
-  times.sort()
-  step_s = times[len(times) // 2]
+    return state
+
+  timing = harness.time_jax_calls(step, warmup=1, repeats=_STEPS.value)
+  step_s = timing["median_s"]
   return {"task": config.task, "size": config.size, "attention": config.attention.name,
           "dilation": str(config.attention.get("dilation", "")),
           "batch": _batch_size(config), "length": _input_length(config),
           "layers": config.model.num_layers,
-          "width": config.model.emb_dim, "compile_and_first_step_s": compile_s,
+          "width": config.model.emb_dim, "compile_and_first_step_s": timing["warmup_s"][0],
           "median_step_s": step_s, "steps_per_sec": 1.0 / step_s,
           "estimated_hours": config.num_train_steps * step_s / 3600,
           "num_train_steps": config.num_train_steps,
-          "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+          "peak_rss_gb": harness.peak_rss_gb(),
           "device": jax.devices()[0].device_kind}
 
 
 def main(argv):
   del argv
   if _IN_PROCESS.value:
-    print("RESULT " + json.dumps(measure(_CONFIG.value)), flush=True)
+    harness.print_record(measure(_CONFIG.value))
     return
   args = [a for a in sys.argv[1:] if not a.startswith("--out")]
   print(f"measuring {_CONFIG.value.task} ({_CONFIG.value.attention.name}) ...", flush=True)
-  process = subprocess.run([sys.executable, "-m", "experiments.bench_model", *args,
-                            "--in_process"], capture_output=True, text=True)
-  lines = [l for l in process.stdout.splitlines() if l.startswith("RESULT ")]
-  if process.returncode or not lines:
-    sys.exit(f"error: the measurement failed: {cli.child_failure(process)}")
-  result = json.loads(lines[-1][len("RESULT "):])
+  result = harness.measure_in_child_or_exit(
+      [sys.executable, "-m", "experiments.bench_model", *args, "--in_process"],
+      "the measurement")
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, "bench_model.jsonl"), "a") as f:
     f.write(json.dumps(result) + "\n")

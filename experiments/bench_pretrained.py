@@ -7,27 +7,22 @@ Ours: `lra.models.longformer_pretrained.LongformerModel` with random weights of 
 `allenai/longformer-base-4096` shape (12 layers of 12 x 64 heads, MLP 3072, vocabulary
 50265; `--layers`, `--heads`, `--window` change it), the attention through the registry's
 `longformer` mechanism. One step is the jitted forward and the backward of
-`sum(last_hidden_state * g)` into every parameter, batch 1, `--global_tokens` leading
-global tokens, no dropout, float32: the step `experiments/bench_hf_longformer.py --model`
-times for HF's `LongformerModel` (HF's `attention_window` is twice our one-sided
-`--window`). `--remat` recomputes every layer in the backward pass on both sides (HF's
-gradient checkpointing). Each side runs in a fresh process, so that its peak RSS (`ru_maxrss`, which
-includes the interpreter and the libraries) is its own. With `--hf_python` (the
-interpreter of a scratch virtual environment holding torch and transformers, see
-`experiments/bench_hf_longformer.py`) HF's model is measured too and both are printed side
-by side; the JSON lines go to `--out/bench_pretrained.jsonl`.
+`sum(last_hidden_state * g)` into every parameter, batch 1, `--global_tokens` leading global
+tokens, no dropout, float32: the step that `experiments/bench_hf_longformer.py --model` times
+for HF's `LongformerModel` (run by `--hf_python`, a Python holding torch and transformers).
+`--remat` recomputes every layer in the backward pass on both sides. Each side runs in a
+fresh process, so that its peak RSS is its own; both are printed side by side, and their
+JSON lines appended to `--out/bench_pretrained.jsonl`.
 """
 
 import json
 import os
-import resource
-import subprocess
 import sys
-import time
 
 from absl import flags
 
 from experiments import cli
+from experiments import harness
 
 _LENGTH = flags.DEFINE_integer("length", 4096, "Tokens per sequence.")
 _LAYERS = flags.DEFINE_integer("layers", 12, "Encoder layers.")
@@ -74,58 +69,42 @@ def measure() -> dict:
       return jnp.sum(out.last_hidden_state * cotangent)
     return jax.grad(objective)(params)
 
-  start = time.perf_counter()
-  jax.block_until_ready(step(params, input_ids, global_mask, cotangent))
-  compile_s = time.perf_counter() - start
-  times = []
-  for _ in range(_STEPS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(step(params, input_ids, global_mask, cotangent))
-    times.append(time.perf_counter() - start)
+  timing = harness.time_jax_calls(lambda: step(params, input_ids, global_mask, cotangent),
+                                  warmup=1, repeats=_STEPS.value)
   return {"impl": "ours (jax)", "length": _LENGTH.value, "layers": _LAYERS.value,
           "hidden": hidden, "window": _WINDOW.value, "global_tokens": _GLOBAL.value,
           "remat": _REMAT.value,
-          "median_s": sorted(times)[len(times) // 2], "times_s": times,
-          "compile_and_first_step_s": compile_s,
-          "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+          "median_s": timing["median_s"], "times_s": timing["times_s"],
+          "compile_and_first_step_s": timing["warmup_s"][0],
+          "peak_rss_gb": harness.peak_rss_gb(),
           "versions": f"jax {jax.__version__}", "device": jax.devices()[0].device_kind}
 
 
 def _ours() -> dict:
   args = [a for a in sys.argv[1:] if not a.startswith(("--out", "--hf_python"))]
-  process = subprocess.run([sys.executable, "-m", "experiments.bench_pretrained", *args,
-                            "--in_process"], capture_output=True, text=True)
-  lines = [l for l in process.stdout.splitlines() if l.startswith("RESULT ")]
-  if process.returncode or not lines:
-    tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
-    sys.exit(f"error: our measurement failed: {tail}")
-  return json.loads(lines[-1][len("RESULT "):])
+  return harness.measure_in_child_or_exit(
+      [sys.executable, "-m", "experiments.bench_pretrained", *args, "--in_process"],
+      "our measurement")
 
 
 def _huggingface() -> dict:
-  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_hf_longformer.py")
-  process = subprocess.run(
-      [_HF_PYTHON.value, script, "--model", "--child", f"--lengths={_LENGTH.value}",
-       f"--layers={_LAYERS.value}", f"--heads={_HEADS.value}", f"--head_dim={HEAD_DIM}",
-       f"--window={_WINDOW.value}", f"--global_tokens={_GLOBAL.value}",
-       f"--repeats={_STEPS.value}", "--warmup=1", f"--threads={len(os.sched_getaffinity(0))}"]
-      + (["--remat"] if _REMAT.value else []),
-      capture_output=True, text=True)
-  if process.returncode:
-    tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
-    sys.exit(f"error: HF's measurement failed: {tail}")
-  record = json.loads(process.stdout.strip().splitlines()[-1])
-  versions = subprocess.run(
+  record = harness.measure_in_child_or_exit([
+      _HF_PYTHON.value, harness.HF_SCRIPT, "--model", "--child", f"--lengths={_LENGTH.value}",
+      f"--layers={_LAYERS.value}", f"--heads={_HEADS.value}", f"--head_dim={HEAD_DIM}",
+      f"--window={_WINDOW.value}", f"--global_tokens={_GLOBAL.value}",
+      f"--repeats={_STEPS.value}", "--warmup=1", f"--threads={harness.cores()}"]
+      + (["--remat"] if _REMAT.value else []), "HF's measurement")
+  versions, _ = harness.run_child(
       [_HF_PYTHON.value, "-c", "import torch, transformers; "
-       "print(f'torch {torch.__version__}, transformers {transformers.__version__}')"],
-      capture_output=True, text=True).stdout.strip()
-  return {"impl": "HF (pytorch)", **record, "remat": _REMAT.value, "versions": versions}
+       "print(f'torch {torch.__version__}, transformers {transformers.__version__}')"])
+  return {"impl": "HF (pytorch)", **record, "remat": _REMAT.value,
+          "versions": (versions or "").strip()}
 
 
 def main(argv):
   del argv
   if _IN_PROCESS.value:
-    print("RESULT " + json.dumps(measure()), flush=True)
+    harness.print_record(measure())
     return
   print(f"{_LAYERS.value} layers x {_HEADS.value * HEAD_DIM}, one-sided window "
         f"{_WINDOW.value}, length {_LENGTH.value}, batch 1, {_GLOBAL.value} global, "

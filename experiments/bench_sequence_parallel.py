@@ -34,7 +34,6 @@ import functools
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 
@@ -48,6 +47,7 @@ import psutil
 
 from experiments import bench_attention
 from experiments import cli
+from experiments import harness
 from lra import attention
 from lra import errors
 from lra.attention import sequence_parallel
@@ -72,19 +72,17 @@ _CHECK_LENGTH = flags.DEFINE_integer(
     "check_length", 16384, "Length of each stretch checked against the single-device core.")
 # --out, shared with bench_attention, is the folder of the outputs here too.
 flags.FLAGS.set_default("out", "docs")
+PARTS = ("fixed", "search", "big")
 _PARTS = flags.DEFINE_list(
-    "parts", ["fixed", "search", "big"],
+    "parts", list(PARTS),
     "Parts to measure (1, 2, 3 above); the others are kept from the sequence_parallel.json "
     "already in --out, which must be of the same shapes.")
 _MEASURE = flags.DEFINE_string(
     "_measure", None, "Internal: `kind:devices:length:heads` in this process, as one JSON "
     "line (kind: run, compile, search or big).")
 
-PARTS = ("fixed", "search", "big")
-flags.register_validator("parts", lambda parts: set(parts) <= set(PARTS),
-                         f"must be a subset of {','.join(PARTS)}")
-flags.register_validator("sequence_devices", lambda ps: ps and all(
-    s.isdigit() and int(s) >= 1 for s in ps), "must be integers >= 1, e.g. 1,2,4,8")
+cli.subset_of("parts", PARTS, "the parts")
+cli.positive_ints("sequence_devices", "1,2,4,8")
 
 # Result bytes of a collective's output, per device: `f32[1,256,8,64]{...} collective-permute(`.
 _COLLECTIVE = re.compile(r"=\s*(.*?)\s(all-gather|collective-permute|all-reduce|reduce-scatter|"
@@ -145,39 +143,19 @@ def _compile(devices: int, length: int, heads: int, setup):
   start = time.perf_counter()
   with jax.set_mesh(mesh):
     compiled = step.lower(spec, spec, spec, spec).compile()
-  memory = compiled.memory_analysis()
+  memory = harness.compiled_memory_gb(compiled)
   collectives = hlo_collectives(compiled.as_text())
   return compiled, sharding, {
       "devices": devices, "length": length, "heads": heads,
       "shard_length": -(-length // devices),
       "compile_s": time.perf_counter() - start,
-      "device_argument_gb": memory.argument_size_in_bytes / 1e9,
-      "device_output_gb": memory.output_size_in_bytes / 1e9,
-      "device_temp_gb": memory.temp_size_in_bytes / 1e9,
-      "device_memory_gb": (memory.argument_size_in_bytes + memory.output_size_in_bytes +
-                           memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 1e9,
+      **{f"device_{key}": value for key, value in memory.items()},
       "collectives": [f"{op} {list(shape)}" for op, shape, _ in collectives],
       "device_received_bytes": sum(size for _, _, size in collectives),
       "halo_formula_bytes": (0 if devices == 1 else
                              halo_bytes(setup.window, heads, setup.head_dim,
                                         jnp.dtype(setup.dtype).itemsize)),
   }
-
-
-def _inputs(length: int, heads: int, setup, sharding):
-  """The output gradient, q, k and v, `[1, length, heads, head_dim]`: each device's shard
-  drawn by numpy on its own (no whole array is ever held in one place)."""
-  shape = (1, length, heads, setup.head_dim)
-
-  def shard(array_index, index):
-    rows = range(length)[index[1]]
-    rng = np.random.default_rng([array_index, rows.start])
-    return rng.standard_normal((1, len(rows), heads, setup.head_dim),
-                               np.float32).astype(jnp.dtype(setup.dtype))
-
-  return jax.block_until_ready([
-      jax.make_array_from_callback(shape, sharding, functools.partial(shard, i))
-      for i in range(4)])
 
 
 def _stretch_errors(inputs, results, setup) -> list[dict]:
@@ -215,11 +193,11 @@ def _run_step(devices: int, length: int, heads: int, setup, *, repeats: int,
   if need_gb > 0.9 * available_gb:
     raise errors.UserError(f"not run: the step needs ~{need_gb:.1f} GB of this machine's "
                            f"memory and {available_gb:.1f} GB is available")
-  inputs = _inputs(length, heads, setup, sharding)
-  record["setup_rss_gb"] = bench_attention._peak_rss_gb()  # pylint: disable=protected-access
-  timing = bench_attention._time_calls(  # pylint: disable=protected-access
-      lambda: compiled(*inputs), warmup, repeats)
-  record.update(timing, peak_rss_gb=bench_attention._peak_rss_gb())  # pylint: disable=protected-access
+  # The output gradient, q, k and v.
+  inputs = harness.random_inputs(4, (1, length, heads, setup.head_dim), setup.dtype, sharding)
+  record["setup_rss_gb"] = harness.peak_rss_gb()
+  timing = harness.time_jax_calls(lambda: compiled(*inputs), warmup, repeats)
+  record.update(timing, peak_rss_gb=harness.peak_rss_gb())
   if check:
     record["checks"] = _stretch_errors(inputs, compiled(*inputs), setup)
   return record
@@ -266,8 +244,8 @@ def measure_one(spec: str, setup) -> dict:
   if kind == "search":
     return _search(devices, length, heads, setup)
   if kind == "run":
-    return _run_step(devices, length, heads, setup, repeats=bench_attention._REPEATS.value,  # pylint: disable=protected-access
-                     warmup=bench_attention._WARMUP.value, check=False)  # pylint: disable=protected-access
+    return _run_step(devices, length, heads, setup, repeats=flags.FLAGS.repeats,
+                     warmup=flags.FLAGS.warmup, check=False)
   if kind == "big":
     return _run_step(devices, length, heads, setup, repeats=1, warmup=0, check=True)
   raise errors.ConfigError(f"unknown measurement {spec!r}")
@@ -284,17 +262,10 @@ def _measure(kind: str, devices: int, length: int, heads: int) -> dict:
   command = [sys.executable, "-m", "experiments.bench_sequence_parallel",
              f"--_measure={kind}:{devices}:{length}:{heads}",
              *(flags.FLAGS[name].serialize() for name in passed)]
-  env = dict(bench_attention._child_env(),  # pylint: disable=protected-access
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  env = harness.child_env(huge_pages=flags.FLAGS.malloc_huge_pages, JAX_PLATFORMS="cpu",
+                          XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   print(f"{kind} P={devices} length={length} heads={heads} ...", flush=True)
-  completed = subprocess.run(command, cwd=bench_attention.REPO, capture_output=True,
-                             text=True, check=False, env=env)
-  if completed.returncode != 0:
-    last = (completed.stderr.strip().splitlines() or ["no message"])[-1]
-    record = {"status": f"failed: exit {completed.returncode}: {last}"}
-  else:
-    record = {"status": "ok", **json.loads(completed.stdout.strip().splitlines()[-1])}
+  record = harness.measure_in_child(command, env=env)
   print(f"  {_summary(record)}", flush=True)
   return record
 
@@ -313,71 +284,68 @@ def _summary(record: dict) -> str:
 
 
 def _gb(value) -> str:
-  return "" if value is None else f"{value:.3f}"
+  return harness.fmt(value, ".3f")
 
 
 def _mb(value) -> str:
   return "" if value is None else f"{value / 1e6:.3f}"
 
 
+def _fixed_row(r: dict, base: dict | None) -> list:
+  """The cells of one P of the fixed-length table; `base` is the record of P = 1."""
+  if r["status"] != "ok":
+    return [r.get("devices", ""), *[""] * 8, r["status"]]
+  ratio = f"{r['device_memory_gb'] / base['device_memory_gb']:.3f}" if base else ""
+  kinds = sorted({c.split(" ")[0] for c in r["collectives"]})
+  return [r["devices"], r["shard_length"], _gb(r["device_memory_gb"]), ratio,
+          f"{_gb(r['device_argument_gb'])} / {_gb(r['device_output_gb'])} / "
+          f"{_gb(r['device_temp_gb'])}", f"{r['median_s']:.3f}", f"{r['peak_rss_gb']:.2f}",
+          _mb(r["device_received_bytes"]), _mb(r["halo_formula_bytes"]),
+          f"{len(r['collectives'])} x {', '.join(kinds) or 'none'}"]
+
+
+def _search_row(r: dict) -> list:
+  """The cells of one P of the longest-length table."""
+  if r["status"] != "ok" or not r["longest"]:
+    return [r.get("devices", ""), "", "", "", r["status"]]
+  best = r["longest"]
+  return [r["devices"], best["length"], _gb(best["device_memory_gb"]),
+          _mb(best["device_received_bytes"]),
+          "bounded by --max_search_length" if r["bounded_by_max_search_length"] else ""]
+
+
 def markdown(results: dict) -> str:
   m = results["machine"]
-  lines = [
+  base = next((r for r in results["fixed"] if r["status"] == "ok" and r["devices"] == 1), None)
+  blocks = [
       "# Sequence-parallel local attention: forward + backward on simulated devices",
-      "",
       f"Machine: {m['cpu']}, {m['cores']} cores; jax {m['jax']}; P simulated CPU devices in "
       f"one process (they share the cores and the memory); window {m['window']} "
       f"(one-sided), {m['heads']} heads x {m['head_dim']}, batch 1, {m['dtype']}. Measured "
       "by: " + "; ".join(f"{part}: `{by['command']}` at commit {by['commit']}"
                           for part, by in results["measured_by"].items()) + ".",
-      "",
       "Per-device memory: XLA's memory analysis of the compiled SPMD step (arguments + "
       "outputs + temporaries of one device). Received: bytes each device receives per step, "
       "summed over the collectives of the compiled HLO; the halo formula is "
       "8·w·H·D·itemsize + 2·w (k and v from both neighbours, their gradients back, the "
       "mask). Time and peak RSS are of the whole process (all P devices on the same cores).",
-      "",
       f"## Fixed total length {results['length']}",
-      "",
-      "| P | shard length | per-device memory (GB) | x P=1 | args / outputs / temps (GB) "
-      "| step time (s) | process peak RSS (GB) | received per device (MB) | halo formula (MB) "
-      "| collectives |",
-      "|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
-  ]
-  base = next((r for r in results["fixed"] if r["status"] == "ok" and r["devices"] == 1), None)
-  for r in results["fixed"]:
-    if r["status"] != "ok":
-      lines.append(f"| {r.get('devices', '')} | | | | | | | | | {r['status']} |")
-      continue
-    ratio = f"{r['device_memory_gb'] / base['device_memory_gb']:.3f}" if base else ""
-    kinds = sorted({c.split(" ")[0] for c in r["collectives"]})
-    lines.append(
-        f"| {r['devices']} | {r['shard_length']} | {_gb(r['device_memory_gb'])} | {ratio} "
-        f"| {_gb(r['device_argument_gb'])} / {_gb(r['device_output_gb'])} / "
-        f"{_gb(r['device_temp_gb'])} | {r['median_s']:.3f} | {r['peak_rss_gb']:.2f} "
-        f"| {_mb(r['device_received_bytes'])} | {_mb(r['halo_formula_bytes'])} "
-        f"| {len(r['collectives'])} x {', '.join(kinds) or 'none'} |")
-  lines += [
-      "",
+      harness.markdown_table(
+          ["P", "shard length", "per-device memory (GB)", "x P=1",
+           "args / outputs / temps (GB)", "step time (s)", "process peak RSS (GB)",
+           "received per device (MB)", "halo formula (MB)", "collectives"], "rrrrlrrrrl",
+          (_fixed_row(r, base) for r in results["fixed"])),
       f"## Longest total length whose step fits {results['device_memory_gb']} GB per device",
-      "",
       "Compiled only (doubling, then bisection to a multiple of P·1024).",
-      "",
-      "| P | longest length | per-device memory (GB) | received per device (MB) | note |",
-      "|---:|---:|---:|---:|---|",
+      harness.markdown_table(
+          ["P", "longest length", "per-device memory (GB)", "received per device (MB)", "note"],
+          "rrrrl", (_search_row(r) for r in results["search"])),
   ]
-  for r in results["search"]:
-    if r["status"] != "ok" or not r["longest"]:
-      lines.append(f"| {r.get('devices', '')} | | | | {r['status']} |")
-      continue
-    best = r["longest"]
-    note = ("bounded by --max_search_length" if r["bounded_by_max_search_length"] else "")
-    lines.append(f"| {r['devices']} | {best['length']} | {_gb(best['device_memory_gb'])} "
-                 f"| {_mb(best['device_received_bytes'])} | {note} |")
   big = results.get("big")
   if big:
-    lines += ["", f"## One step at total length {results['big_length']}", ""]
+    blocks.append(f"## One step at total length {results['big_length']}")
     compiled, run = big["compiled"], big["run"]
+    lines = []
     if compiled["status"] == "ok":
       lines.append(
           f"- {compiled['heads']} heads x {m['head_dim']}, P = {compiled['devices']}, "
@@ -398,30 +366,27 @@ def markdown(results: dict) -> str:
           f"{max(c['max_abs_value'] for c in run['checks']):.1f}).")
     else:
       lines.append(f"- executed: {run['status']}")
-  return "\n".join(lines) + "\n"
+    blocks.append(lines)
+  return harness.markdown_page(*blocks)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   setup = bench_attention.Setup.from_flags()
   if _MEASURE.value:
-    print(json.dumps(measure_one(_MEASURE.value, setup)))
+    harness.print_record(measure_one(_MEASURE.value, setup))
     return
   devices = sorted({int(p) for p in _DEVICES.value})
   heads, length = setup.heads, _LENGTH.value
   results = {
-      "machine": {"cpu": bench_attention._cpu_model(),  # pylint: disable=protected-access
-                  "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
+      "machine": {"cpu": harness.cpu_model(), "cores": harness.cores(), "jax": jax.__version__,
                   "window": setup.window, "heads": heads, "head_dim": setup.head_dim,
                   "dtype": setup.dtype, "devices": devices},
       "length": length, "device_memory_gb": _DEVICE_MEMORY_GB.value,
       "big_length": _BIG_LENGTH.value, "check_length": _CHECK_LENGTH.value,
   }
   out = os.path.join(flags.FLAGS.out, "sequence_parallel")
-  results["measured_by"] = _kept_parts(results, out + ".json")
-  by = {"command": " ".join(["python -m experiments.bench_sequence_parallel", *sys.argv[1:]]),
-        "commit": _commit()}
+  kept_by = _kept_parts(results, out + ".json")
   if "fixed" in _PARTS.value:
     results["fixed"] = [{"devices": p, **_measure("run", p, length, heads)} for p in devices]
   if "search" in _PARTS.value:
@@ -433,15 +398,13 @@ def main(argv):
         "compiled": _measure("compile", most, _BIG_LENGTH.value, heads),
         "run": _measure("big", most, _BIG_LENGTH.value, _BIG_HEADS.value),
     }
-  results["measured_by"].update({part: by for part in _PARTS.value if part in results})
-  results["measured_by"] = {part: results["measured_by"][part] for part in PARTS
-                            if part in results["measured_by"]}
-  os.makedirs(flags.FLAGS.out, exist_ok=True)
-  with open(out + ".json", "w") as f:
-    json.dump(results, f, indent=2)
+  by = {"command": " ".join(["python -m experiments.bench_sequence_parallel", *sys.argv[1:]]),
+        "commit": harness.commit()}
+  results["measured_by"] = {part: by if part in _PARTS.value else kept_by[part]
+                            for part in PARTS if part in results}
   text = markdown(results)
-  with open(out + "_tables.md", "w") as f:
-    f.write(text)
+  harness.write_outputs(flags.FLAGS.out, "sequence_parallel_tables", markdown=text)
+  harness.write_json(out + ".json", results)
   print()
   print(text)
   print(f"wrote {out}.json and {out}_tables.md")
@@ -462,12 +425,6 @@ def _kept_parts(results: dict, path: str) -> dict:
         f"{','.join(PARTS)}) or use the same flags")
   results.update({part: earlier[part] for part in kept if part in earlier})
   return {part: earlier["measured_by"][part] for part in kept if part in earlier}
-
-
-def _commit() -> str | None:
-  completed = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bench_attention.REPO,
-                             capture_output=True, text=True, check=False)
-  return completed.stdout.strip() or None
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ import glob
 import logging
 import os
 import re
-import subprocess
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -31,11 +30,10 @@ from absl import logging as absl_logging
 from ml_collections import config_dict
 from ml_collections.config_flags import config_flags
 
+from experiments import harness
 import lra
 from lra import errors
 
-# The last "SomeError: message" line of an error text that wraps a traceback.
-_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.*)$")
 # --verbosity / -v, with a value or followed by one.
 _VERBOSITY_ARG = re.compile(r"^--?(?:v|verbosity)(?:=|$)")
 # Folders whose log records are the project's own.
@@ -50,19 +48,15 @@ _CAUSES.propagate = False
 def _one_line(error: BaseException) -> str:
   # A KeyError's str() is the repr of its key.
   text = str(error.args[0] if isinstance(error, KeyError) and error.args else error).strip()
-  matches = [_ERROR_LINE.match(line) for line in text.splitlines()]
+  matches = [harness.ERROR_LINE.match(line) for line in text.splitlines()]
   matches = [m for m in matches if m]
   message = matches[-1].group(2) if matches else text.splitlines()[-1] if text else repr(error)
   return message.strip()
 
 
-def _verbosity_requested(argv: list[str]) -> bool:
-  return any(_VERBOSITY_ARG.match(arg) for arg in argv[1:])
-
-
 def _fail(error: BaseException, message: str, argv: list[str]) -> None:
   """Prints `error: message` (after the traceback with --verbosity), logs the cause, exits."""
-  if _verbosity_requested(argv):
+  if any(_VERBOSITY_ARG.match(arg) for arg in argv[1:]):
     traceback.print_exception(error, file=sys.stderr)
   if _CAUSES.handlers:
     _CAUSES.error("error: %s", message, exc_info=error)
@@ -218,26 +212,28 @@ class _ProjectFormatter(logging.Formatter):
     return message
 
 
-def child_failure(completed: subprocess.CompletedProcess, *, tail: int = 20) -> str:
-  """Why a child process failed, in one line: its `error:` line or its last exception line
-  (else its last line). The last `tail` lines of its stderr are printed on this process's
-  stderr, so that what led to the failure shows too."""
-  lines = [line for line in (completed.stderr or "").splitlines() if line.strip()]
-  if lines:
-    print(f"a child process failed (exit {completed.returncode}); the end of its stderr:",
-          file=sys.stderr)
-    print("\n".join(f"  | {line}" for line in lines[-tail:]), file=sys.stderr)
-  errors_seen = [line.strip() for line in lines
-                 if line.startswith("error: ") or _ERROR_LINE.match(line)]
-  last = errors_seen[-1] if errors_seen else lines[-1].strip() if lines else "no output"
-  return f"exit {completed.returncode}: {last}"
+def positive_ints(name: str, example: str, *, allow_empty: bool = False) -> None:
+  """Validates the list flag `name`: integers >= 1, in the form of `example`."""
+  flags.register_validator(
+      name, lambda items: (allow_empty or bool(items)) and all(
+          s.isdigit() and int(s) > 0 for s in items), f"must be integers >= 1, e.g. {example}")
+
+
+def subset_of(name: str, choices: Sequence[str], what: str) -> None:
+  """Validates the list flag `name`: a subset of `choices`, which `what` names (empty or
+  unset: the default of the flag's program)."""
+  flags.register_validator(name, lambda names: not names or set(names) <= set(choices),
+                           f"must be a comma-separated subset of {what} ({','.join(choices)})")
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """`absl.app.run(main)`, with clear one-line errors for bad input."""
+  """`absl.app.run(main)`, with clear one-line errors for bad input; no entry point takes
+  positional arguments."""
 
   def guarded_main(argv):
     try:
+      if len(argv) > 1:
+        raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
       main(argv)
     except errors.UserError as e:
       _fail(e, str(e), sys.argv)

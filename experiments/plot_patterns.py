@@ -2,7 +2,7 @@ r"""Draws which keys each query sees, for each attention variant, as one PNG gri
 
   python -m experiments.plot_patterns --out=DIR [--attention=<registry variants; default:
       every one> --causal=<variants also drawn causal> --length=32 --window=3 \
-      --dilations=1,2 --padding=4]
+      --dilations=1,2 --padding=4 --block_size=0]
 
 Writes DIR/attention_patterns.png. Each panel is the registry's pattern of a variant
 (`BoundAttention.pattern`: `lra.attention.pattern_mask` for the built-in mechanisms, the
@@ -11,7 +11,9 @@ a variant whose heads differ (per-head dilations) gets one panel per distinct he
 colour says why the key is seen: inside the window (anywhere, for full attention), or only
 because one of the two is a global token; grey cells would be seen but for padding (the last
 --padding positions). Mechanisms with global tokens have them at the first and the middle
-position.
+position. With --block_size=b, undilated window panels also outline the tile of scores that
+the blocked core computes for each query block of b queries (`lra.attention.sliding`): its
+one contiguous slice of keys, the key blocks within reach.
 """
 
 import dataclasses
@@ -24,6 +26,7 @@ import numpy as np
 
 from experiments import cli
 from lra import attention
+from lra.attention import sliding
 from lra import errors
 
 matplotlib.use("Agg")
@@ -88,20 +91,18 @@ _WINDOW = flags.DEFINE_integer("window", 3, "One-sided window w.")
 _DILATIONS = flags.DEFINE_list(
     "dilations", ["1", "2"],
     "Dilation of each head drawn, for the presets that set a dilation (e.g. dilated).")
-_PADDING = flags.DEFINE_integer("padding", 4, "Padded positions at the end (0 for none).")
+_PADDING = flags.DEFINE_integer("padding", 4, "Padded positions at the end (0 for none).",
+                                lower_bound=0)
+_BLOCK_SIZE = flags.DEFINE_integer(
+    "block_size", 0, "Outline the blocked core's score tiles for query blocks of this size "
+    "(0: none).", lower_bound=0)
 _OUT = flags.DEFINE_string("out", "results/patterns", "Folder of attention_patterns.png.")
 
 for _name in ("attention", "causal"):
-  flags.register_validator(
-      _name, lambda names: not names or set(names) <= set(attention.variants()),
-      f"must be a comma-separated subset of the registry's variants "
-      f"({','.join(attention.variants())})")
+  cli.subset_of(_name, list(attention.variants()), "the registry's variants")
 flags.register_validator("length", lambda n: n >= 2, "must be >= 2")
 flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
-flags.register_validator("dilations", lambda ds: ds and all(s.isdigit() and int(s) > 0
-                                                            for s in ds),
-                         "must be integers >= 1, e.g. 1,2")
-flags.register_validator("padding", lambda n: n >= 0, "must be >= 0")
+cli.positive_ints("dilations", "1,2")
 
 # Cell categories, in colour-map order.
 NOT_SEEN, WINDOW, GLOBAL, PADDING = range(4)
@@ -111,10 +112,8 @@ LEGEND = {NOT_SEEN: ("not seen", "white"), WINDOW: ("window", "#3b6ea8"),
 
 def categories(panel: Panel, length: int, padding: int) -> np.ndarray:
   """int `[length, length]` (query, key): the category of every cell of the panel."""
-  global_mask = None
-  if panel.global_positions:
-    global_mask = np.zeros((1, length), bool)
-    global_mask[0, list(panel.global_positions)] = True
+  global_mask = (np.isin(np.arange(length), panel.global_positions)[None]
+                 if panel.global_positions else None)
   real = (np.arange(length) < length - padding)[None]
 
   def pattern(**masks):
@@ -130,7 +129,27 @@ def categories(panel: Panel, length: int, padding: int) -> np.ndarray:
   return cells
 
 
-def draw(panels: list[Panel], length: int, window: int, padding: int, path: str) -> None:
+def score_tiles(panel: Panel, length: int, block_size: int) -> list[tuple[int, int, int, int]]:
+  """(first query, first key, queries, keys) of each query block's tile of computed scores,
+  clipped to the sequence; none for full attention or a dilated head (whose tiles are
+  contiguous only after the dilation fold)."""
+  options = dict(panel.bound.options)
+  dilation = options.get("dilation", 1)
+  if isinstance(dilation, tuple):
+    dilation = dilation[panel.head]
+  if panel.bound.mechanism.quadratic or dilation != 1:
+    return []
+  plan = sliding.plan_band(length, options["window"], bool(options.get("causal")),
+                           block_size)
+  tiles = []
+  for index in range(plan.num_blocks):
+    query, key = index * plan.block, int(plan.window_start(index))
+    tiles.append((query, key, min(plan.block, length - query), min(plan.keys, length - key)))
+  return tiles
+
+
+def draw(panels: list[Panel], length: int, window: int, padding: int, path: str,
+         block_size: int = 0) -> None:
   columns = min(3, len(panels))
   rows = math.ceil(len(panels) / columns)
   # At least two panels wide, so that the title and the legend fit above and below one.
@@ -141,6 +160,10 @@ def draw(panels: list[Panel], length: int, window: int, padding: int, path: str)
   for ax, panel, panel_cells in zip(axes.flat, panels, cells):
     ax.imshow(panel_cells, cmap=colour_map, vmin=-0.5, vmax=len(LEGEND) - 0.5,
               interpolation="nearest")
+    if block_size:
+      for query, key, queries, keys in score_tiles(panel, length, block_size):
+        ax.add_patch(patches.Rectangle((key - 0.5, query - 0.5), keys, queries, fill=False,
+                                       edgecolor="#c0392b", linewidth=1.2))
     ax.set_title(panel.title, fontsize=9)
     ax.set(xlabel="key", ylabel="query")
     if length <= 64:  # cell borders help to count positions; beyond, they are a grey blur
@@ -155,15 +178,15 @@ def draw(panels: list[Panel], length: int, window: int, padding: int, path: str)
              for c in shown]
   fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
   padded = f", the last {padding} positions padding" if padding else ""
+  tiles = f"; red: computed tiles of {block_size}-query blocks" if block_size else ""
   fig.suptitle(f"Which keys each query sees\nlength {length}, one-sided window {window}"
-               f"{padded}", fontsize=11)
+               f"{padded}{tiles}", fontsize=11)
   fig.savefig(path, dpi=130)
   plt.close(fig)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   length, window, padding = _LENGTH.value, _WINDOW.value, _PADDING.value
   if padding >= length:
     raise errors.ConfigError(f"--padding={padding} leaves no real token of --length={length}")
@@ -174,7 +197,7 @@ def main(argv):
             for panel in panels(name, length, window, dilations, causal=True)]
   os.makedirs(_OUT.value, exist_ok=True)
   path = os.path.join(_OUT.value, "attention_patterns.png")
-  draw(drawn, length, window, padding, path)
+  draw(drawn, length, window, padding, path, _BLOCK_SIZE.value)
   print(f"wrote {path}")
 
 

@@ -22,28 +22,35 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
   return [s for s, _ in points], [v for _, v in points]
 
 
+def _save(fig, out_png: str) -> None:
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=120)
+  plt.close(fig)
+
+
+def _finish(fig, ax, out_png: str, **labels) -> None:
+  """Labels, grid and legend of a one-panel figure, then saves it."""
+  ax.set(**labels)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  _save(fig, out_png)
+
+
 def training_curves(metrics_path: str, out_png: str, *, title: str) -> None:
   """Loss (train and validation) and accuracy or bits per character, side by side."""
   records = read_metrics(metrics_path)
   score = next((k for k in ("accuracy", "bpc") if any(f"val_{k}" in r for r in records)), None)
-  fig, axes = plt.subplots(1, 2 if score else 1, figsize=(10 if score else 5, 3.6),
-                           squeeze=False)
-  for split in ("train", "val"):
-    axes[0, 0].plot(*series(records, f"{split}_loss"), label=split,
-                    marker="o" if split == "val" else None)
-  axes[0, 0].set(xlabel="step", ylabel="loss", title=title)
-  axes[0, 0].legend()
-  if score:
+  keys = ["loss", score] if score else ["loss"]
+  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+  for ax, key in zip(axes.flat, keys):
     for split in ("train", "val"):
-      axes[0, 1].plot(*series(records, f"{split}_{score}"), label=split,
-                      marker="o" if split == "val" else None)
-    axes[0, 1].set(xlabel="step", ylabel=score)
-    axes[0, 1].legend()
-  for ax in axes.flat:
+      ax.plot(*series(records, f"{split}_{key}"), label=split,
+              marker="o" if split == "val" else None)
+    ax.set(xlabel="step", ylabel=key)
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_png, dpi=120)
-  plt.close(fig)
+    ax.legend()
+  axes[0, 0].set_title(title)
+  _save(fig, out_png)
 
 
 def across_seeds(metrics_paths: list[str], key: str):
@@ -68,12 +75,7 @@ def seed_curves(metrics_paths: dict[str, list[str]], key: str, out_png: str, *, 
                       linewidth=0)
   if baseline is not None:
     ax.axhline(scale * baseline, color="grey", linestyle="--", linewidth=1, label=baseline_label)
-  ax.set(xlabel="training step", ylabel=ylabel, title=title)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out_png, dpi=120)
-  plt.close(fig)
+  _finish(fig, ax, out_png, xlabel="training step", ylabel=ylabel, title=title)
 
 
 def error_bar_scatter(points: dict[str, tuple[float, float, float | None]], out_png: str, *,
@@ -83,12 +85,7 @@ def error_bar_scatter(points: dict[str, tuple[float, float, float | None]], out_
   for name, (x, y, error) in points.items():
     ax.errorbar([x], [y], yerr=None if error is None else [error], fmt="o", markersize=7,
                 capsize=4, label=name)
-  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out_png, dpi=120)
-  plt.close(fig)
+  _finish(fig, ax, out_png, xlabel=xlabel, ylabel=ylabel, title=title)
 
 
 class _PlainLogFormatter(ticker.LogFormatter):

@@ -11,7 +11,6 @@ also holds `curves.png`, the training curves.
 
 import os
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -24,8 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   config, workdir = _CONFIG.value, _WORKDIR.value
   cli.make_workdir(workdir)
   cli.log_to_file(os.path.join(workdir, "train.log"))

@@ -294,7 +294,8 @@ def build_steps(config, data: lra_data.TaskData, mesh,
   # The phases' models differ only in static attention options, not in parameters.
   graphdefs = []
   for phase_config in phases.configs:
-    model = models.build(phase_config, data, nnx.Rngs(params=init_key))
+    model = models.build(phase_config, vocab_size=data.vocab_size,
+                         num_classes=data.num_classes, rngs=nnx.Rngs(params=init_key))
     graphdef, phase_params, rest = nnx.split(model, nnx.Param, ...)
     graphdefs.append((graphdef, rest))
     if len(graphdefs) == 1:

@@ -2,13 +2,7 @@
 library's INFO logging (it goes to the workdir's log)."""
 
 import re
-import subprocess
-import sys
 
-import pytest
-
-from experiments import cli
-from tests.entry_points import REPO
 from tests.entry_points import run_module
 
 TINY = "--config=configs/listops.py:attention=longformer,size=tiny"
@@ -87,23 +81,3 @@ def test_a_run_prints_only_its_own_lines_and_logs_the_rest(tmp_path):
   log = (tmp_path / "run" / "train.log").read_text()
   assert "checkpoint_manager.py" in log  # orbax's INFO lines are in the log
   assert "step 6/6 | loss " in log  # and so are the run's own lines
-
-
-def test_child_failure_names_the_error_line_and_shows_the_tail(capsys):
-  script = ("import sys; sys.stderr.write('Traceback (most recent call last):\\n  File x\\n"
-            "ValueError: the real cause\\nW1203 12:00:00.000000 1 atexit.py:1] late chatter\\n')"
-            "; sys.exit(3)")
-  completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             cwd=REPO, check=False)
-  assert cli.child_failure(completed) == "exit 3: ValueError: the real cause"
-  shown = capsys.readouterr().err
-  assert "  |   File x" in shown and "late chatter" in shown
-
-
-@pytest.mark.parametrize("stderr, expected", [
-    ("I1203 chatter\nerror: config.batch_size=3 does not divide\n", "exit 2: error: config."),
-    ("", "exit 2: no output"),
-])
-def test_child_failure_without_a_traceback(stderr, expected):
-  completed = subprocess.CompletedProcess([], 2, stdout="", stderr=stderr)
-  assert cli.child_failure(completed).startswith(expected)

@@ -30,8 +30,8 @@ def parse(spec: str, *overrides: str):
 
 def model_max_length(config) -> int:
   """Positions the model built from `config` takes."""
-  data = lra_data.TaskData(splits={}, vocab=["<pad>"] * 257, num_classes=2)
-  return models.build(config, data, nnx.Rngs(0)).encode.encoder.max_length
+  return models.build(config, vocab_size=257, num_classes=2,
+                      rngs=nnx.Rngs(0)).encode.encoder.max_length
 
 
 @pytest.mark.parametrize("task", CLASSIFICATION)

@@ -11,7 +11,7 @@ def run_plot(*args):
 
 def test_every_mechanism_draws_one_png(tmp_path):
   completed = run_plot("--attention=full,local,dilated,longformer", "--causal=local",
-                       "--length=24",
+                       "--length=24", "--block_size=4",
                        f"--out={tmp_path}")
   assert completed.returncode == 0, completed.stderr
   path = tmp_path / "attention_patterns.png"
@@ -29,3 +29,4 @@ def test_unknown_mechanism_ends_in_one_line(tmp_path):
   lines = completed.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error:") and "flash" in lines[0], lines
   assert not (tmp_path / "attention_patterns.png").exists()
+

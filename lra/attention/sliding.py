@@ -63,6 +63,12 @@ class BandPlan:
   def length(self) -> int:
     return self.num_blocks * self.block
 
+  def window_start(self, index):
+    """First key of query block `index`'s window: `reach` blocks back, kept inside the
+    sequence, so that every window is one slice (at the ends it shifts inwards and still
+    covers every key within the window of the block's queries)."""
+    return jnp.clip((index - self.reach) * self.block, 0, self.length - self.keys)
+
 
 def auto_block_size(window: int, length: int) -> int:
   """Block size keeping the wasted scores near `b / 2w` while blocks stay matmul-sized.
@@ -91,13 +97,6 @@ def plan_band(length: int, window: int, causal: bool, block_size: int | None,
   reach = min(-(-window // block), max(num_blocks - 1, 0))
   return BandPlan(window=window, causal=causal, block=block, reach=reach,
                   num_blocks=num_blocks, dropout_rate=dropout_rate)
-
-
-def _window_start(plan: BandPlan, index):
-  """First key of query block `index`'s window: `reach` blocks back, kept inside the
-  sequence, so that every window is one slice (at the ends it shifts inwards and still
-  covers every key within the window of the block's queries)."""
-  return jnp.clip((index - plan.reach) * plan.block, 0, plan.length - plan.keys)
 
 
 def _band_mask(plan: BandPlan, index, key_start):
@@ -131,7 +130,7 @@ def _heads_first(x_NxLxH):
 class _Block:
   """Operands and scores of query block `index` (shared by forward and backward).
 
-  Scores are `[N, H, b, keys]` over the block's window of keys, `_window_start` onwards.
+  Scores are `[N, H, b, keys]` over the block's window of keys, `BandPlan.window_start` onwards.
   """
 
   def __init__(self, plan: BandPlan, index, q, k_columns, key_mask):
@@ -139,7 +138,7 @@ class _Block:
     self.plan = plan
     self.index = index
     self.start = index * plan.block
-    self.key_start = _window_start(plan, index)
+    self.key_start = plan.window_start(index)
     self.q = _heads_first(self.rows(q))  # [N, H, b, D]
     key_valid = self.window(key_mask, axis=1)  # [N, keys]
     # [N, 1, b, keys]: inside the window band, and the key is not masked.

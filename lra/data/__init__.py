@@ -44,8 +44,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from lra import errors
-
-PAD_ID = 0
+from lra.tokens import PAD_ID  # the padding of every split, as the models read it
 
 # Task name -> module implementing `load(config)` and `TASK`; imported lazily.
 _TASK_MODULES = {

@@ -8,7 +8,6 @@ minimises `loss / count`.
 from flax import nnx
 
 from lra import errors
-from lra.data import TaskData
 from lra.models.classifier import Classifier
 from lra.models.classifier import DualEncoder
 from lra.models.lm import CausalLM
@@ -23,10 +22,10 @@ MODELS = {
 }
 
 
-def build(config, data: TaskData, rngs: nnx.Rngs) -> nnx.Module:
-  """Builds the model named by `config.model.kind` for the task's vocabulary and classes."""
+def build(config, *, vocab_size: int, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds the model named by `config.model.kind` for a vocabulary of `vocab_size` token ids
+  and `num_classes` target classes (0 for a language model)."""
   kind = config.model.kind
   if kind not in MODELS:
     raise errors.ConfigError(f"unknown model.kind {kind!r}; choose one of {sorted(MODELS)}")
-  return MODELS[kind](config, vocab_size=data.vocab_size, num_classes=data.num_classes,
-                      rngs=rngs)
+  return MODELS[kind](config, vocab_size=vocab_size, num_classes=num_classes, rngs=rngs)

@@ -14,8 +14,8 @@ from flax import nnx
 
 from lra import attention as attention_lib
 from lra import errors
-from lra.data import PAD_ID
 from lra.models.encoder import Encoder
+from lra.tokens import PAD_ID
 
 POOLINGS = ("cls", "mean", "max")
 

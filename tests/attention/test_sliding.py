@@ -196,6 +196,21 @@ class BlockPlanTest(parameterized.TestCase):
     self.assertEqual(plan.length % plan.block, 0)
     self.assertGreaterEqual(plan.length, length)
 
+  # Windows that are a multiple of the block leave no slack: an off-by-one start shows.
+  @parameterized.parameters((29, 5, 4, False), (29, 5, 4, True), (32, 8, 4, False),
+                            (32, 8, 4, True), (64, 3, 8, False), (10, 40, 4, False))
+  def test_each_block_window_holds_every_key_its_queries_see(self, length, window, block,
+                                                             causal):
+    plan = sliding.plan_band(length, window, causal, block)
+    seen = np.asarray(reference.pattern_mask(length, window=window, causal=causal))[0, 0]
+    for index in range(plan.num_blocks):
+      start = int(plan.window_start(index))
+      self.assertGreaterEqual(start, 0)
+      self.assertLessEqual(start + plan.keys, plan.length)
+      rows = seen[index * block:(index + 1) * block]
+      keys = np.flatnonzero(rows.any(axis=0))
+      self.assertTrue((keys >= start).all() and (keys < start + plan.keys).all(), index)
+
 
 class ErrorTest(parameterized.TestCase):
 
