@@ -41,7 +41,7 @@ from lra import attention as attention_lib
 from lra import data as lra_data
 from lra import errors
 from lra import input_pipeline
-from lra.data import PAD_ID
+from lra.tokens import PAD_ID
 
 OBJECTIVES = ("none", "mlm", "causal")
 MASK_TOKEN = "<mask>"
