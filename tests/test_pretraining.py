@@ -253,6 +253,9 @@ def test_causal_pretraining_starts_longformer_global_projections_as_the_local_on
     chex.assert_trees_all_equal(attention[f"{name}_global"], source[name])
     chex.assert_trees_all_equal(attention[name], source[name])
   chex.assert_trees_all_equal(merged["head"], nnx.to_pure_dict(fresh)["head"])
+  # The fresh parameters are left as they were.
+  fresh_attention = nnx.to_pure_dict(fresh)["encode"]["encoder"]["blocks"][0]["attention"]
+  assert not np.allclose(fresh_attention["query"]["kernel"], source["query"]["kernel"])
 
 
 def test_resume_at_the_stage_boundary_matches_an_uninterrupted_run(tmp_path):
