@@ -20,10 +20,11 @@ from ml_collections import config_dict
 
 from lra import attention as attention_lib
 from lra import errors
+from lra import pretraining
 
 SIZES = ("paper", "small", "tiny")
-# Self-pretraining objectives (lra.pretraining): none trains from scratch.
-PRETRAIN_OBJECTIVES = ("none", "mlm", "causal")
+# Self-pretraining objectives: none trains from scratch.
+PRETRAIN_OBJECTIVES = pretraining.OBJECTIVES
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
@@ -187,7 +188,6 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
                           pos_emb: str = "sinusoidal", schedule: str = "rsqrt",
                           weight_decay: float = 0.1, grad_clip: float = 0.0,
                           dropout_rate: float = 0.1, attention_dropout_rate: float = 0.1,
-                          pretrain: dict[str, dict] | None = None,
                           **data) -> ml_collections.ConfigDict:
   """A full LRA classification config from the preset of `size` and the task's options.
 
@@ -197,7 +197,6 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
   pretrain=none|mlm|causal (self-pretraining, `lra.pretraining`; none: from scratch).
   Dropout and weight decay are the paper's at size=paper; smaller sizes train without
   dropout and with weight decay 0.01 (short runs underfit rather than overfit).
-  `pretrain` maps a size to the task's own `config.pretrain` values at that size.
   """
   args = parse_arg(arg, attention="longformer", size="paper", window=0, dilation=(),
                    pretrain="none")
@@ -233,20 +232,19 @@ def classification_config(task: str, arg: str | None, *, presets: dict[str, Pres
   config.optimizer.weight_decay = weight_decay if paper else 0.01
   config.optimizer.grad_clip = grad_clip if paper else 1.0
   config.pretrain = pretrain_config(args.pretrain, preset,
-                                    config.get_ref("batch_size").identity(), paper=paper,
-                                    **(pretrain or {}).get(args.size, {}))
+                                    config.get_ref("batch_size").identity(), paper=paper)
   return config
 
 
 def pretrain_config(objective: str, preset: Preset, batch_size: config_dict.FieldReference,
-                    *, paper: bool, **overrides) -> ml_collections.ConfigDict:
+                    *, paper: bool) -> ml_collections.ConfigDict:
   """`config.pretrain`: self-pretraining before fine-tuning (see `lra.pretraining`).
 
   By default the stage trains as many steps as fine-tuning, at the preset's batch size,
   peak learning rate and warmup, masking single tokens. At size=paper it follows the SPT
   authors' recipe (github.com/IdoAmos/not-from-scratch): 50% of the tokens masked, a
   constant rate after the warmup. Smaller sizes mask 15% (BERT's rate) with a cosine
-  schedule (docs/self_pretraining.md). `overrides` are a task's own values.
+  schedule (docs/self_pretraining.md).
   """
   config = ml_collections.ConfigDict({
       "objective": objective,  # none | mlm | causal
@@ -259,7 +257,6 @@ def pretrain_config(objective: str, preset: Preset, batch_size: config_dict.Fiel
       "mask_rate": 0.5 if paper else 0.15,  # mlm: share of each sequence's real tokens masked
       "mean_span": 1.0,  # mlm: mean length of the masked spans (1: single tokens)
   })
-  config.update(overrides)
   return config
 
 

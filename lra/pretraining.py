@@ -33,6 +33,7 @@ head, a fresh optimizer state and its own schedule (`config.optimizer`); the tra
 
 import copy
 
+import jax
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -41,13 +42,14 @@ from lra import attention as attention_lib
 from lra import data as lra_data
 from lra import errors
 from lra import input_pipeline
-from lra.data import PAD_ID
+from lra.tokens import PAD_ID
 
 OBJECTIVES = ("none", "mlm", "causal")
 MASK_TOKEN = "<mask>"
 SCHEDULES = ("rsqrt", "cosine", "constant")
 
-# Masked (or, causal, every real) tokens: loss and accuracy per predicted token.
+# Masked (or, causal, every real) tokens: loss and accuracy per predicted token. The stage
+# is neither validated nor tested: no selection is made from it and it has no baseline.
 METRICS = lra_data.Metrics(averages={"loss": "loss", "correct": "accuracy"},
                            selection="accuracy", higher_is_better=True, baseline="",
                            baseline_label="")
@@ -259,6 +261,6 @@ def transplant(pretrained: nnx.State, fresh: nnx.State) -> nnx.State:
     return merged
 
   target["encode"] = merge(target["encode"], source, ("encode",))
-  state = copy.copy(fresh)
+  state = jax.tree.map(lambda x: x, fresh)  # new containers: `fresh` stays as it is
   nnx.replace_by_pure_dict(state, target)
   return state

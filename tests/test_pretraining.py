@@ -24,7 +24,7 @@ from lra import errors
 from lra import models
 from lra import pretraining
 from lra import train
-from lra.data import PAD_ID
+from lra.tokens import PAD_ID
 from tests import test_tasks
 from tests.entry_points import comparable
 from tests.entry_points import finish
@@ -33,6 +33,11 @@ from tests.test_train import cli_args
 from tests.test_train import tiny_config
 
 MASK_ID = 99
+
+
+def _build(config, data: lra_data.TaskData, *, seed: int) -> nnx.Module:
+  return models.build(config, vocab_size=data.vocab_size, num_classes=data.num_classes,
+                      rngs=nnx.Rngs(params=seed))
 
 
 def _runs(mask: np.ndarray) -> list[int]:
@@ -168,7 +173,7 @@ def test_every_variant_pretrains_with_both_objectives():
         config.pretrain.objective = objective
       pretraining.check(config)
       stage = pretraining.stage_config(config)
-      model = models.build(stage, data, nnx.Rngs(params=0))
+      model = _build(stage, data, seed=0)
       batch = (pretraining.mask_batch(tokens, mask_rate=0.3, mean_span=1,
                                       mask_id=len(data.vocab) - 1,
                                       rng=np.random.default_rng(0))
@@ -189,7 +194,7 @@ def test_causal_stage_never_sees_the_future():
     config.pretrain.objective = "causal"
   data = lra_data.TaskData(splits={}, vocab=["<pad>"] + [str(i) for i in range(15)],
                            num_classes=10)
-  model = models.build(pretraining.stage_config(config), data, nnx.Rngs(params=0))
+  model = _build(pretraining.stage_config(config), data, seed=0)
   tokens = np.random.default_rng(0).integers(1, 16, (1, 20))
   changed = tokens.copy()
   changed[0, 12:] = 1 + changed[0, 12:] % 15
@@ -239,9 +244,8 @@ def test_causal_pretraining_starts_longformer_global_projections_as_the_local_on
                            num_classes=10)
   stage = pretraining.stage_config(fresh_config)
   assert stage.attention.name == "local" and stage.attention.causal
-  _, pretrained, _ = nnx.split(models.build(stage, data, nnx.Rngs(params=1)), nnx.Param, ...)
-  _, fresh, _ = nnx.split(models.build(fresh_config, data, nnx.Rngs(params=0)), nnx.Param,
-                          ...)
+  _, pretrained, _ = nnx.split(_build(stage, data, seed=1), nnx.Param, ...)
+  _, fresh, _ = nnx.split(_build(fresh_config, data, seed=0), nnx.Param, ...)
   merged = nnx.to_pure_dict(pretraining.transplant(pretrained, fresh))
   attention = merged["encode"]["encoder"]["blocks"][0]["attention"]
   source = nnx.to_pure_dict(pretrained)["encode"]["encoder"]["blocks"][0]["attention"]
@@ -249,6 +253,9 @@ def test_causal_pretraining_starts_longformer_global_projections_as_the_local_on
     chex.assert_trees_all_equal(attention[f"{name}_global"], source[name])
     chex.assert_trees_all_equal(attention[name], source[name])
   chex.assert_trees_all_equal(merged["head"], nnx.to_pure_dict(fresh)["head"])
+  # The fresh parameters are left as they were.
+  fresh_attention = nnx.to_pure_dict(fresh)["encode"]["encoder"]["blocks"][0]["attention"]
+  assert not np.allclose(fresh_attention["query"]["kernel"], source["query"]["kernel"])
 
 
 def test_resume_at_the_stage_boundary_matches_an_uninterrupted_run(tmp_path):
