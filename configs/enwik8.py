@@ -5,7 +5,7 @@ Launch (the file unzipped from http://mattmahoney.net/dc/enwik8.zip; split 90M/5
   python -m experiments.train --config=configs/enwik8.py --config.data_path=enwik8 \
       --workdir=runs/enwik8
   # A CPU run of minutes on any text file (split 90/5/5), e.g. the Python documentation
-  # sources from Debian's python3.11-doc package (see the README):
+  # sources from Debian's python3.11-doc package (see docs/results.md):
   python -m experiments.train --config=configs/enwik8.py:size=small \
       --config.data_path=data/python_docs.txt --config.data.format=text \
       --workdir=runs/charlm_small

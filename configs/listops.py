@@ -21,7 +21,7 @@ checkpoint); the window is 256 on each side (LRA's Longformer: 512 in total). LR
 36.37% (Transformer), 35.63% (Longformer) test accuracy.
 
 size=small trains in under 10 minutes on 2 CPU cores on the generated small split
-(20k/1k/1k expressions of 100-512 tokens, depth 6); the README reports what it reaches.
+(20k/1k/1k expressions of 100-512 tokens, depth 6); docs/results.md reports what it reaches.
 """
 
 from lra import config_utils
