@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One CPU device and no simulated ones: the entry points run as a user would run them.
@@ -34,6 +36,21 @@ def finish(process, log_path, timeout=300):
   process.wait(timeout=timeout)
   with open(log_path) as f:
     return process.returncode, f.read()
+
+
+def kill_after_checkpoint(process, workdir, step: int, timeout: float = 300) -> list[int]:
+  """SIGKILLs a running training process once `workdir` has a checkpoint of `step` or later
+  (a crash mid-run, with nothing flushed); returns the checkpointed steps."""
+  checkpoints = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + timeout
+  while not (os.path.exists(checkpoints) and any(name.isdigit() and int(name) >= step
+                                                 for name in os.listdir(checkpoints))):
+    assert process.poll() is None, "the run ended before it could be killed"
+    assert time.time() < deadline
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  return [int(name) for name in os.listdir(checkpoints) if name.isdigit()]
 
 
 def comparable(workdir):

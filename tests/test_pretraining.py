@@ -5,8 +5,6 @@ boundary, every attention variant, and bad config values."""
 import json
 import os
 import shutil
-import signal
-import time
 
 import chex
 import jax
@@ -28,6 +26,7 @@ from lra.tokens import PAD_ID
 from tests import test_tasks
 from tests.entry_points import comparable
 from tests.entry_points import finish
+from tests.entry_points import kill_after_checkpoint
 from tests.entry_points import launch
 from tests.test_train import cli_args
 from tests.test_train import tiny_config
@@ -289,16 +288,7 @@ def test_sigkill_in_pretraining_then_resume_matches_an_uninterrupted_run(tmp_pat
 
   killed = launch(cli_args(tmp_path / "killed", cache, *extra, spec=spec),
                   tmp_path / "killed.log")
-  checkpoints = tmp_path / "killed" / "checkpoints"
-  deadline = time.time() + 300
-  while not (checkpoints.exists() and any(name.isdigit() and int(name) >= 8
-                                          for name in os.listdir(checkpoints))):
-    assert killed.poll() is None, "the run ended before it could be killed"
-    assert time.time() < deadline
-    time.sleep(0.02)
-  killed.send_signal(signal.SIGKILL)
-  killed.wait()
-  steps = [int(name) for name in os.listdir(checkpoints) if name.isdigit()]
+  steps = kill_after_checkpoint(killed, tmp_path / "killed", 8)
   assert max(steps) < 60, "killed after pretraining: lengthen it"
 
   resumed = launch(cli_args(tmp_path / "killed", cache, *extra, spec=spec),

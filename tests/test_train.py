@@ -2,8 +2,6 @@
 
 import json
 import os
-import signal
-import time
 
 import chex
 import jax
@@ -18,6 +16,7 @@ from lra import train
 from tests.entry_points import REPO
 from tests.entry_points import comparable
 from tests.entry_points import finish
+from tests.entry_points import kill_after_checkpoint
 from tests.entry_points import launch
 
 
@@ -64,15 +63,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
   assert (tmp_path / "reference" / "curves.png").exists()
 
   killed = launch(cli_args(tmp_path / "killed", cache, *extra), tmp_path / "killed.log")
-  checkpoints = tmp_path / "killed" / "checkpoints"
-  deadline = time.time() + 300
-  while not (checkpoints.exists() and any(name.isdigit() and int(name) >= 8
-                                          for name in os.listdir(checkpoints))):
-    assert killed.poll() is None, "the run ended before it could be killed"
-    assert time.time() < deadline
-    time.sleep(0.05)
-  killed.send_signal(signal.SIGKILL)
-  killed.wait()
+  kill_after_checkpoint(killed, tmp_path / "killed", 8)
   assert not (tmp_path / "killed" / "results.json").exists()
 
   resumed = launch(cli_args(tmp_path / "killed", cache, *extra), tmp_path / "resumed.log")
