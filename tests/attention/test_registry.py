@@ -332,7 +332,7 @@ def test_one_registry_entry_reaches_every_consumer(tmp_path):
                             "--attention=blocked_pairs", f"--workdir={tmp_path}/sweep")
   assert completed.returncode == 0, completed.stderr
   assert "reusing the finished run" in completed.stdout
-  assert "| blocked_pairs | 1 |" in (tmp_path / "sweep" / "comparison.md").read_text()
+  assert "| blocked_pairs | none | 1 |" in (tmp_path / "sweep" / "comparison.md").read_text()
   completed = _run_with_toy("plot_patterns", f"--out={tmp_path}", "--length=12")
   assert completed.returncode == 0, completed.stderr
   assert (tmp_path / "attention_patterns.png").exists()
