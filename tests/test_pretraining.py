@@ -187,12 +187,17 @@ def test_every_variant_pretrains_with_both_objectives():
       assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads)), (variant, objective)
 
 
-def test_causal_stage_never_sees_the_future():
+def _causal_config_and_data():
+  """A tiny causal-pretraining config and a task vocabulary of 15 tokens (no splits)."""
   config = tiny_config("unused")
   with config.unlocked():
     config.pretrain.objective = "causal"
-  data = lra_data.TaskData(splits={}, vocab=["<pad>"] + [str(i) for i in range(15)],
-                           num_classes=10)
+  return config, lra_data.TaskData(splits={}, vocab=["<pad>"] + [str(i) for i in range(15)],
+                                   num_classes=10)
+
+
+def test_causal_stage_never_sees_the_future():
+  config, data = _causal_config_and_data()
   model = _build(pretraining.stage_config(config), data, seed=0)
   tokens = np.random.default_rng(0).integers(1, 16, (1, 20))
   changed = tokens.copy()
@@ -236,11 +241,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(tmp_path):
 
 
 def test_causal_pretraining_starts_longformer_global_projections_as_the_local_ones():
-  fresh_config = tiny_config("unused")
-  with fresh_config.unlocked():
-    fresh_config.pretrain.objective = "causal"
-  data = lra_data.TaskData(splits={}, vocab=["<pad>"] + [str(i) for i in range(15)],
-                           num_classes=10)
+  fresh_config, data = _causal_config_and_data()
   stage = pretraining.stage_config(fresh_config)
   assert stage.attention.name == "local" and stage.attention.causal
   _, pretrained, _ = nnx.split(_build(stage, data, seed=1), nnx.Param, ...)
