@@ -34,9 +34,10 @@ Bytes exchanged per shard and step are independent of the length: two halos of k
 Lengths: a length that is not a multiple of P is padded at the end to one (padded positions
 are masked keys and their rows are dropped); the core pads each shard's stretch to a multiple
 of its block size itself, so no multiple of P * block is needed. A halo wider than a shard
-(`window * max(dilation) > ceil(length / P)`) is an error when P > 2: halos come from the
-neighbouring shard only (no multi-hop exchange); use fewer shards. (With P <= 2 the
-neighbour's whole shard is then the halo.)
+(`window * max(dilation) > ceil(length / P)`, as for the short batches of a trainer) is
+gathered in several hops: shard p receives whole shards from p - 1, p - 2, ... and the part
+within reach from the farthest, one `ppermute` per hop and side. The bytes are those of the
+halo, whatever the number of hops; a halo is never longer than the rest of the sequence.
 
 Dropout is supported: shard p draws its masks from `fold_in(dropout_rng, p)`, so they differ
 from the unsharded call's (same rate, independent masks); without dropout the result equals
@@ -100,17 +101,9 @@ def split_sequence(sequence_axis: str, length: int, halo: int, causal: bool) -> 
         f"sequence_axis={sequence_axis!r} is not an axis of the mesh in context, whose axes "
         f"are {tuple(mesh.axis_names)}")
   shards = mesh.shape[sequence_axis]
-  if shards <= 2:
-    # Every key a shard lacks is then in its one neighbour (or outside the sequence).
-    halo = min(halo, -(-length // shards))
-  split = SequenceSplit(sequence_axis, shards, length, halo, causal)
-  if halo > split.shard_length:
-    raise errors.ConfigError(
-        f"the window reaches {halo} positions (window * max dilation) but a shard holds only "
-        f"{split.shard_length} (length {length} over {split.shards} shards of axis "
-        f"{sequence_axis!r}); halos come from the neighbouring shard only: use at most "
-        f"{max(1, length // halo)} shards for this length")
-  return split
+  # Keys farther than the other shards hold lie outside the sequence.
+  halo = min(halo, (shards - 1) * -(-length // shards))
+  return SequenceSplit(sequence_axis, shards, length, halo, causal)
 
 
 def _pad_length(x, split: SequenceSplit, value=0):
@@ -119,14 +112,21 @@ def _pad_length(x, split: SequenceSplit, value=0):
 
 
 def _with_halos(x_BxSx, split: SequenceSplit):
-  """A shard's `[B, S, ...]` -> `[left halo | own | right halo]` (no right halo if causal)."""
-  h, last = split.halo, split.shards - 1
-  to_next = [(p, p + 1) for p in range(last)]
-  parts = [jax.lax.ppermute(x_BxSx[:, -h:], split.axis, to_next), x_BxSx]
-  if not split.causal:
-    to_previous = [(p + 1, p) for p in range(last)]
-    parts.append(jax.lax.ppermute(x_BxSx[:, :h], split.axis, to_previous))
-  return jnp.concatenate(parts, axis=1)
+  """A shard's `[B, S, ...]` -> `[left halo | own | right halo]` (no right halo if causal).
+
+  A halo wider than a shard comes in hops: whole shards from the nearer neighbours, the
+  part within reach from the farthest one.
+  """
+  halo, shard, shards = split.halo, split.shard_length, split.shards
+  left, right = [], []
+  for hop in range(1, -(-halo // shard) + 1):
+    width = min(shard, halo - (hop - 1) * shard)
+    pairs = [(p, p + hop) for p in range(shards - hop)]
+    left.insert(0, jax.lax.ppermute(x_BxSx[:, shard - width:], split.axis, pairs))
+    if not split.causal:
+      reversed_pairs = [(later, earlier) for earlier, later in pairs]
+      right.append(jax.lax.ppermute(x_BxSx[:, :width], split.axis, reversed_pairs))
+  return jnp.concatenate(left + [x_BxSx] + right, axis=1)
 
 
 def _shard_rng(rng, split: SequenceSplit):

@@ -64,6 +64,9 @@ SLIDING_CASES = [
     (2, 37, 5, 2, True, True, 4),
     (4, 32, 4, 2, False, True, 4),  # the halo is exactly one shard
     (2, 37, 30, 1, False, True, None),  # a window wider than a shard: the whole neighbour
+    (4, 32, 3, 3, False, True, 4),  # a halo of 9 over shards of 8: two hops
+    (4, 30, 10, 1, True, False, None),  # causal, two hops, 30 no multiple of 4
+    (4, 26, 9, (1, 1, 2, 2), False, True, None),  # shards of 7, a halo of 18: three hops
     (1, 20, 3, 1, True, False, None),
 ]
 
@@ -95,6 +98,7 @@ LONGFORMER_CASES = [
     (4, 50, 3, (1, 1, 2, 2), "per_row", False, True),
     (4, 64, 2, 2, "scattered", True, False),
     (4, 48, 3, 1, "none", False, True),
+    (4, 24, 5, (1, 1, 2, 2), "scattered", True, True),  # a halo of 10 over shards of 6
 ]
 
 
@@ -248,9 +252,6 @@ def test_errors_name_the_fix():
       call(sequence_axis="sequence")
     with pytest.raises(errors.ConfigError, match="name of a mesh axis"):
       call(sequence_axis=1)
-    # A window of 3 at dilation 3 reaches 9 positions; a shard holds 8.
-    with pytest.raises(errors.ConfigError, match="reaches 9 positions.*at most 3 shards"):
-      call(sequence_axis=AXIS, window=3, dilation=3)
     with pytest.raises(errors.ConfigError, match="global_q, global_k, global_v"):
       sequence_parallel.sharded_longformer_attention(
           q, k, v, sequence_axis=AXIS, window=2, global_mask=np.ones((1, 32), bool),
