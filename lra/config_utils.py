@@ -125,6 +125,10 @@ def base_config(task: str, args: ml_collections.ConfigDict) -> ml_collections.Co
   config.log_every_steps = 0  # append to metrics.jsonl and print progress this often
   config.batch_size = 0  # global batch, split over all devices
   config.eval_batch_size = 0  # batch of the evaluation passes
+  # Devices per mesh axis (-1: the devices left): `data` splits the batch, `sequence` the
+  # length of every sequence, for the attention by halo exchange (local and longformer
+  # attention, lra.attention.sequence_parallel). Their product is every device.
+  config.mesh = ml_collections.ConfigDict({"data": -1, "sequence": 1})
   config.data = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict()
   config.optimizer = ml_collections.ConfigDict({

@@ -27,6 +27,7 @@ best validation checkpoint, never of the last step (unless `best/` was emptied b
 a warning says so, and `results.json`'s `tested_step` is the last step).
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -47,13 +48,79 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import grain
+from lra import attention as attention_lib
 from lra import data as lra_data
 from lra import errors
 from lra import models
 from lra import pretraining
 
 
-def _check_config(config, phases: lra_data.Phases) -> None:
+MESH_AXES = ("data", "sequence")  # the axes of `config.mesh`
+
+
+def make_mesh(config) -> jax.sharding.Mesh:
+  """The `(data, sequence)` mesh of `config.mesh` (default: every device on data).
+
+  A size of -1 takes the devices the other axis leaves; sizes that multiply to fewer than
+  the devices use the first ones. Raises `ConfigError` for sizes that do not fit.
+  """
+  sizes = dict(config.get("mesh", {}))
+  shape = [sizes.get(axis, 1) for axis in MESH_AXES]
+  count = jax.device_count()
+  if any(size == 0 or size < -1 for size in shape) or shape.count(-1) > 1:
+    raise errors.ConfigError(
+        f"config.mesh sizes must be positive, with at most one -1 (the devices left); got "
+        f"{sizes}")
+  if -1 in shape:
+    given = -math.prod(shape)
+    if count % given:
+      raise errors.ConfigError(
+          f"config.mesh {sizes}: -1 takes the devices the other axis leaves, but the "
+          f"{count} device(s) do not divide by {given}")
+    shape[shape.index(-1)] = count // given
+  if math.prod(shape) > count:
+    raise errors.ConfigError(
+        f"config.mesh {sizes} asks for {math.prod(shape)} devices; there are {count}")
+  devices = np.array(jax.devices()[:math.prod(shape)]).reshape(shape)
+  return jax.sharding.Mesh(devices, MESH_AXES,
+                           axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _split_over_sequence(config, mesh):
+  """`config` whose attention splits the length over the mesh's `sequence` axis."""
+  if mesh.shape.get("sequence", 1) == 1:
+    return config
+  attention = config.attention
+  if "sequence_axis" not in attention_lib.get(attention.name).options:
+    raise errors.ConfigError(
+        f"config.mesh.sequence={mesh.shape['sequence']} splits every sequence, which "
+        f"{attention.name!r} attention cannot attend over; use local or longformer "
+        f"attention, or config.mesh.sequence=1")
+  if attention.get("sequence_axis") not in (None, "sequence"):
+    raise errors.ConfigError(
+        f"config.attention.sequence_axis={attention.sequence_axis!r}: the trainer splits "
+        f"the length over its mesh axis 'sequence'; set config.mesh.sequence instead")
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.attention.sequence_axis = "sequence"
+  return config
+
+
+def _batch_placement(mesh) -> Callable:
+  """`batch -> batch on the mesh`: examples over `data`; the length axis of `[batch,
+  length, ...]` arrays over `sequence`, where the length divides over it (the bucketed
+  lengths do; the attention pads any other, which the rest of the model then computes
+  whole on every device of the axis)."""
+  shards = mesh.shape["sequence"]
+
+  def sharding(x):
+    split_length = shards > 1 and x.ndim >= 2 and x.shape[1] % shards == 0
+    return NamedSharding(mesh, P("data", "sequence") if split_length else P("data"))
+
+  return lambda batch: jax.device_put(batch, jax.tree.map(sharding, batch))
+
+
+def _check_config(config, phases: lra_data.Phases, mesh) -> None:
   for key in ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
               "log_every_steps", "batch_size", "eval_batch_size"):
     if key in config and config[key] <= 0:
@@ -65,11 +132,12 @@ def _check_config(config, phases: lra_data.Phases) -> None:
         f"the same averages as an uninterrupted one")
   batch_sizes = {key: config[key] for key in ("batch_size", "eval_batch_size") if key in config}
   batch_sizes.update(phases.batch_sizes)
+  data_devices = mesh.shape["data"]
   for key, size in batch_sizes.items():
-    if size % jax.device_count():
+    if size % data_devices:
       raise errors.ConfigError(
-          f"config.{key}={size} does not divide over {jax.device_count()} devices; "
-          f"use a multiple of {jax.device_count()}")
+          f"config.{key}={size} does not divide over the {data_devices} devices of the mesh's "
+          f"data axis; use a multiple of {data_devices}")
 
 
 def make_optimizer(config, phases: lra_data.Phases):
@@ -124,8 +192,10 @@ class _Workdir:
     if os.path.exists(config_path):
       with open(config_path) as f:
         previous = json.load(f)
-      if previous != config_json:
-        changed = sorted(_diff_keys(previous, config_json))
+      # The mesh says where a run computes, not what: it resumes on any mesh shape.
+      changed = sorted(key for key in _diff_keys(previous, config_json)
+                       if key.partition(".")[0] != "mesh")
+      if changed:
         raise errors.ConfigError(
             f"{workdir} holds a run with a different config (changed: {', '.join(changed)}); "
             f"resume it with the same config or use a new --workdir")
@@ -280,21 +350,22 @@ class Steps:
 
 def build_steps(config, data: lra_data.TaskData, mesh,
                 phases: lra_data.Phases | None = None, start_step: int = 0) -> Steps:
-  """Initialises the model and optimizer and jits the steps, data parallel over `mesh`.
+  """Initialises the model and optimizer and jits the steps on `mesh` (`make_mesh`).
 
   `phases` are the task's (`lra.data.task(config).phases(config)` when None); the state
-  counts optimizer steps from `start_step` (the steps of the stages before it).
+  counts optimizer steps from `start_step` (the steps of the stages before it). The state
+  is replicated; the steps take batches placed by `_batch_placement` and, on a mesh whose
+  `sequence` axis has several devices, split the length in the attention.
   """
   if phases is None:
     phases = lra_data.task(config).phases(config)
   replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
 
   # The phases' models differ only in static attention options, not in parameters.
   graphdefs = []
   for phase_config in phases.configs:
-    model = models.build(phase_config, vocab_size=data.vocab_size,
+    model = models.build(_split_over_sequence(phase_config, mesh), vocab_size=data.vocab_size,
                          num_classes=data.num_classes, rngs=nnx.Rngs(params=init_key))
     graphdef, phase_params, rest = nnx.split(model, nnx.Param, ...)
     graphdefs.append((graphdef, rest))
@@ -309,15 +380,15 @@ def build_steps(config, data: lra_data.TaskData, mesh,
   state = jax.device_put(jax.tree.map(lambda x: jnp.array(x, copy=True), state), replicated)
   train_steps, eval_steps = [], []
   for graphdef, rest in graphdefs:
-    train_step, eval_step = _jit_steps(graphdef, rest, tx, dropout_key, replicated,
-                                       batch_sharding)
+    train_step, eval_step = _jit_steps(graphdef, rest, tx, dropout_key, replicated)
     train_steps.append(train_step)
     eval_steps.append(eval_step)
   return Steps(state, train_steps, eval_steps, schedule, num_params)
 
 
-def _jit_steps(graphdef, rest, tx, dropout_key, replicated, batch_sharding):
-  """The jitted train and eval steps of one model graph."""
+def _jit_steps(graphdef, rest, tx, dropout_key, replicated):
+  """The jitted train and eval steps of one model graph; their inputs keep the shardings
+  they are placed with."""
 
   def metrics_fn(params, batch, deterministic, rng):
     model = nnx.merge(graphdef, params, rest)
@@ -339,10 +410,9 @@ def _jit_steps(graphdef, rest, tx, dropout_key, replicated, batch_sharding):
                  "params": optax.apply_updates(state["params"], updates)}
     return new_state, sums
 
-  train_step = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
+  train_step = jax.jit(train_step, out_shardings=(replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(lambda params, batch: metrics_fn(params, batch, True, None),
-                      in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+                      out_shardings=replicated)
   return train_step, eval_step
 
 
@@ -385,17 +455,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if objective != "none":
     pretrain_config = pretraining.stage_config(config)
     batch_sizes["pretrain.batch_size"] = config.pretrain.batch_size
-  _check_config(config, dataclasses.replace(phases, batch_sizes=batch_sizes))
+  mesh = make_mesh(config)
+  _check_config(config, dataclasses.replace(phases, batch_sizes=batch_sizes), mesh)
   run = _Workdir(workdir, config)
   data = lra_data.load(config)
   if objective == "mlm":
     data = pretraining.with_mask_token(data)
   _write_json(run.file("vocab.json"), data.vocab)
 
-  # Auto axes: XLA propagates the batch sharding through the model (data parallel).
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  batch_sharding = NamedSharding(mesh, P("data"))
   stages = []
   if pretrain_config is not None:
     pretrain_phases = lra_data.single_phase(pretrain_config)
@@ -412,15 +479,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       task.metrics, evaluated=True))
   checkpoints = _Checkpoints(workdir)
   try:
-    results = _train_and_test(config, run, stages, pipelines, checkpoints, batch_sharding)
+    # Auto axes: XLA propagates the batch sharding through the model; the sequence-parallel
+    # attention finds the mesh in context.
+    with jax.set_mesh(mesh):
+      results = _train_and_test(config, run, stages, pipelines, checkpoints,
+                                _batch_placement(mesh))
   finally:  # waits for the checkpoints being written, whatever stopped the run
     checkpoints.close()
+  results["mesh"] = dict(mesh.shape)
   _write_json(run.file("results.json"), results)
   return results
 
 
 def _train_and_test(config, run: _Workdir, stages: list[Stage], pipelines: lra_data.Pipelines,
-                    checkpoints: _Checkpoints, batch_sharding) -> dict[str, Any]:
+                    checkpoints: _Checkpoints, place: Callable) -> dict[str, Any]:
   """The training loop from the last checkpoint on, then the test of the best parameters."""
   final = stages[-1]
   metrics = final.metrics
@@ -428,7 +500,7 @@ def _train_and_test(config, run: _Workdir, stages: list[Stage], pipelines: lra_d
   def evaluate(params, split: str, phase: int) -> dict[str, float]:
     total = None
     for batch in pipelines.evaluation(split, phase):
-      sums = final.steps.eval_steps[phase](params, jax.device_put(batch, batch_sharding))
+      sums = final.steps.eval_steps[phase](params, place(batch))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     return _summarize(jax.device_get(total), metrics)
 
@@ -448,11 +520,13 @@ def _train_and_test(config, run: _Workdir, stages: list[Stage], pipelines: lra_d
   for stage in stages:
     if stage.last_step > start_step:
       logging.info(
-          "%s %s (%s attention, %s parameters): steps %d-%d of %d on %d %s device(s); "
-          "workdir %s", "Pretraining" if stage.name == "pretrain" else "Training",
+          "%s %s (%s attention, %s parameters): steps %d-%d of %d on %d %s device(s) "
+          "(mesh %s); workdir %s", "Pretraining" if stage.name == "pretrain" else "Training",
           config.task, stage.config.attention.name, f"{stage.steps.num_params:,}",
           stage.first_step, stage.last_step, final.last_step, jax.device_count(),
-          jax.devices()[0].platform.upper(), run.path)
+          jax.devices()[0].platform.upper(),
+          " x ".join(f"{axis} {size}" for axis, size in
+                     jax.sharding.get_abstract_mesh().shape.items()), run.path)
   sums, window_start, mark = None, time.time(), time.time()
   timed = {stage.name: [0, 0.0] for stage in stages}  # steps and seconds after compiling
   for step in range(start_step + 1, final.last_step + 1):
@@ -461,7 +535,7 @@ def _train_and_test(config, run: _Workdir, stages: list[Stage], pipelines: lra_d
       state = _start_stage(stage, state)
     local = stage.local_step(step)
     phase = stage.phases.of_step(local)
-    batch = jax.device_put(next(stage.train), batch_sharding)
+    batch = place(next(stage.train))
     state, step_sums = stage.steps.train_steps[phase](state, batch)
     sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
     last = step == stage.last_step

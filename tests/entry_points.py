@@ -23,12 +23,14 @@ TIMING_FIELDS = ("steps_per_sec", "peak_memory_gb", "devices", "pretrain_steps_p
                  "pretrain_wall_time_s", "train_wall_time_s")
 
 
-def launch(args, log_path):
-  """Starts `python -m experiments.train`; its output goes to a file, so that a chatty run
-  can never block on a full pipe."""
+def launch(args, log_path, devices: int = 1):
+  """Starts `python -m experiments.train` on `devices` (simulated) CPU devices; its output
+  goes to a file, so that a chatty run can never block on a full pipe."""
   log = open(log_path, "w")
+  env = ENV if devices == 1 else dict(
+      ENV, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   return subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                          text=True, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+                          text=True, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def finish(process, log_path, timeout=300):

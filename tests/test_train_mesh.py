@@ -1,0 +1,126 @@
+"""The trainer on a `(data, sequence)` mesh (`config.mesh`): the same losses as on one device
+for ListOps and the char-LM, exact resume on another mesh shape, and bad meshes named."""
+
+import json
+import os
+
+import jax
+import pytest
+
+from lra import errors
+from lra import train
+from tests.data import fixtures
+from tests.entry_points import finish
+from tests.entry_points import kill_after_checkpoint
+from tests.entry_points import launch
+from tests.test_train import cli_args
+from tests.test_train import tiny_config
+
+LOSS_TOLERANCE = dict(rel=1e-4, abs=1e-6)
+MESHES = [{"data": 1, "sequence": 1}, {"data": 2, "sequence": 2}, {"data": 1, "sequence": 4}]
+
+
+def _curves(workdir):
+  """Every logged loss and accuracy of a run, by step, and its test figures."""
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  curves = {(r["step"], key): value for r in records for key, value in r.items()
+            if key.endswith(("_loss", "_accuracy", "_bpc"))}
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  curves.update({key: value for key, value in results.items() if key.startswith("test_")})
+  return curves
+
+
+def _assert_same_curves(actual, expected):
+  assert actual.keys() == expected.keys()
+  for key, value in expected.items():
+    assert actual[key] == pytest.approx(value, **LOSS_TOLERANCE), key
+
+
+def _train_on_meshes(tmp_path, config):
+  """Trains `config` on each of `MESHES`; returns the runs' curves."""
+  curves = []
+  for mesh in MESHES:
+    with config.unlocked():
+      config.mesh.update(mesh)
+    workdir = tmp_path / f"data{mesh['data']}_sequence{mesh['sequence']}"
+    results = train.train_and_evaluate(config, str(workdir))
+    assert results["mesh"] == mesh
+    curves.append(_curves(workdir))
+  return curves
+
+
+def test_listops_longformer_gives_the_same_losses_with_the_sequence_split(tmp_path):
+  # Batches of 32 to 128 tokens, window 8 and the global CLS token: split in 4, the windows
+  # of 32-token batches reach over whole shards.
+  config = tiny_config(tmp_path / "cache", num_train_steps=4, eval_every_steps=2,
+                       log_every_steps=1, checkpoint_every_steps=2)
+  one_device, *split = _train_on_meshes(tmp_path, config)
+  assert any(key[1] == "train_loss" for key in one_device)
+  for curves in split:
+    _assert_same_curves(curves, one_device)
+
+
+def test_char_lm_gives_the_same_losses_with_the_sequence_split(tmp_path):
+  # Two phases: 16 then 32 characters, causal windows of 8 and 16 (halos over several shards).
+  config = tiny_config(tmp_path / "cache", "configs/enwik8.py:size=tiny",
+                       data_path=fixtures.write_text(tmp_path, num_words=4000),
+                       eval_every_steps=3, log_every_steps=1, checkpoint_every_steps=3)
+  with config.unlocked():
+    config.data.format = "text"
+  one_device, *split = _train_on_meshes(tmp_path, config)
+  assert any(key[1] == "train_loss" for key in one_device)
+  for curves in split:
+    _assert_same_curves(curves, one_device)
+
+
+def test_a_run_resumes_on_another_mesh_shape(tmp_path):
+  extra = ("--config.num_train_steps=12", "--config.checkpoint_every_steps=4",
+           "--config.log_every_steps=2", "--config.eval_every_steps=4")
+  on_data = ("--config.mesh.data=4", "--config.mesh.sequence=1")
+  on_sequence = ("--config.mesh.data=1", "--config.mesh.sequence=4")
+  cache = tmp_path / "cache"
+  reference = launch(cli_args(tmp_path / "reference", cache, *extra, *on_data),
+                     tmp_path / "ref.log", devices=4)
+  status, out = finish(reference, tmp_path / "ref.log")
+  assert status == 0, out
+  killed = launch(cli_args(tmp_path / "killed", cache, *extra, *on_data),
+                  tmp_path / "killed.log", devices=4)
+  kill_after_checkpoint(killed, tmp_path / "killed", 4)
+  resumed = launch(cli_args(tmp_path / "killed", cache, *extra, *on_sequence),
+                   tmp_path / "resumed.log", devices=4)
+  status, out = finish(resumed, tmp_path / "resumed.log")
+  assert status == 0, out
+  assert "Resumed from the checkpoint at step 4" in out and "sequence 4" in out, out
+  _assert_same_curves(_curves(tmp_path / "killed"), _curves(tmp_path / "reference"))
+
+
+@pytest.mark.parametrize("mesh, spec, message", [
+    ({"data": 3, "sequence": -1}, "configs/listops.py:attention=longformer,size=tiny",
+     "do not divide by 3"),
+    ({"data": 4, "sequence": 2}, "configs/listops.py:attention=longformer,size=tiny",
+     "asks for 8 devices; there are 4"),
+    ({"data": 0, "sequence": 1}, "configs/listops.py:attention=longformer,size=tiny",
+     "must be positive"),
+    ({"data": 1, "sequence": 2}, "configs/listops.py:attention=full,size=tiny",
+     "'full' attention cannot attend over"),
+    ({"data": 1, "sequence": -1}, "configs/listops.py:attention=longformer,size=tiny",
+     None),
+])
+def test_bad_meshes_are_named(tmp_path, mesh, spec, message):
+  config = tiny_config(tmp_path / "cache", spec)
+  with config.unlocked():
+    config.mesh.update(mesh)
+  if message is None:  # a good one
+    assert dict(train.make_mesh(config).shape) == {"data": 1, "sequence": 4}
+    return
+  with pytest.raises(errors.ConfigError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_batches_split_over_data_must_divide(tmp_path):
+  config = tiny_config(tmp_path / "cache", batch_size=6)
+  with config.unlocked():
+    config.mesh.update({"data": 4, "sequence": 1})
+  with pytest.raises(errors.ConfigError, match="batch_size=6 does not divide over the 4"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert jax.device_count() == 4
