@@ -5,7 +5,11 @@ import json
 import os
 
 import jax
+import numpy as np
 import pytest
+
+from experiments import bench_sequence_parallel
+from lra import data as lra_data
 
 from lra import errors
 from lra import train
@@ -92,6 +96,37 @@ def test_a_run_resumes_on_another_mesh_shape(tmp_path):
   assert status == 0, out
   assert "Resumed from the checkpoint at step 4" in out and "sequence 4" in out, out
   _assert_same_curves(_curves(tmp_path / "killed"), _curves(tmp_path / "reference"))
+
+
+def test_the_train_step_moves_halos_and_global_slots_not_the_sequence(tmp_path):
+  """Sharding propagates through the position-wise layers: no collective of the compiled
+  train step moves more than a halo of hidden states."""
+  config = tiny_config(tmp_path / "cache")  # 2 layers x 32, window 8, the CLS token global
+  with config.unlocked():
+    config.mesh.update({"data": 1, "sequence": 4})
+  mesh = train.make_mesh(config)
+  steps = train.build_steps(config, lra_data.load(config), mesh)
+  batch_size, length = config.batch_size, config.data.max_length  # shards of 32 tokens
+  batch = {"inputs": np.ones((batch_size, length), np.int32),
+           "targets": np.zeros(batch_size, np.int32), "weights": np.ones(batch_size, np.float32)}
+  # Compiled as a run compiles it (tests/conftest.py turns most optimizations off).
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    with jax.set_mesh(mesh):
+      hlo = steps.train_steps[0].lower(
+          steps.state, train._batch_placement(mesh)(batch)).compile().as_text()  # pylint: disable=protected-access
+  finally:
+    jax.config.update("jax_disable_most_optimizations", True)
+  assert "collective-permute" in hlo
+  halo_of_hidden_states = batch_size * config.attention.window * config.model.emb_dim
+  shard_of_hidden_states = batch_size * -(-(length + 1) // 4) * config.model.emb_dim
+  for line in hlo.splitlines():
+    for op, shape, _ in bench_sequence_parallel.hlo_collectives(line):
+      # Prepending the CLS vector shifts every position by one: the embedded sequence is
+      # resharded once, by the concatenation. Every other message is a halo or global slots.
+      cls_shift = op == "all-to-all" and "jvp()/concatenate" in line
+      limit = shard_of_hidden_states if cls_shift else halo_of_hidden_states
+      assert np.prod(shape) <= limit, line
 
 
 @pytest.mark.parametrize("mesh, spec, message", [
