@@ -39,7 +39,7 @@ def test_override_under_a_missing_section_names_the_sections(tmp_path):
   line = one_error_line(run_module("train", TINY, "--config.model.attention.dilation=2",
                                    f"--workdir={tmp_path / 'run'}", timeout=120))
   assert "config.model has no section 'attention'" in line
-  assert "config.attention, config.data, config.model, config.optimizer" in line
+  assert "config.attention, config.data, config.mesh, config.model, config.optimizer" in line
   assert "did you mean --config.attention.dilation?" in line
 
 
