@@ -56,8 +56,8 @@ def _train_on_meshes(tmp_path, config):
 def test_listops_longformer_gives_the_same_losses_with_the_sequence_split(tmp_path):
   # Batches of 32 to 128 tokens, window 8 and the global CLS token: split in 4, the windows
   # of 32-token batches reach over whole shards.
-  config = tiny_config(tmp_path / "cache", num_train_steps=4, eval_every_steps=2,
-                       log_every_steps=1, checkpoint_every_steps=2)
+  config = tiny_config(tmp_path / "cache", num_train_steps=3, eval_every_steps=3,
+                       log_every_steps=1, checkpoint_every_steps=3)
   one_device, *split = _train_on_meshes(tmp_path, config)
   assert any(key[1] == "train_loss" for key in one_device)
   for curves in split:
@@ -78,7 +78,7 @@ def test_char_lm_gives_the_same_losses_with_the_sequence_split(tmp_path):
 
 
 def test_a_run_resumes_on_another_mesh_shape(tmp_path):
-  extra = ("--config.num_train_steps=12", "--config.checkpoint_every_steps=4",
+  extra = ("--config.num_train_steps=8", "--config.checkpoint_every_steps=4",
            "--config.log_every_steps=2", "--config.eval_every_steps=4")
   on_data = ("--config.mesh.data=4", "--config.mesh.sequence=1")
   on_sequence = ("--config.mesh.data=1", "--config.mesh.sequence=4")
