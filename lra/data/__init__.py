@@ -33,7 +33,8 @@ The trainer (`lra.train`) imports no task module: it learns everything task-spec
     reported as which averages, and which average picks the best validation checkpoint.
 
 Classification tasks share `lra.data.common.CLASSIFICATION` (Text with its own `phases`, which
-checks its tokenizer options); `lra.data.charlm` defines its own. A new task is a module with `load` and `TASK`, and an entry in `_TASK_MODULES`.
+checks its tokenizer options); `lra.data.charlm` defines its own. A new task is a module
+with `load` and `TASK`, and an entry in `_TASK_MODULES`.
 """
 
 
