@@ -114,6 +114,8 @@ def test_the_head_is_fresh_from_the_seed_and_dropout_uses_the_given_rngs(tmp_pat
   chex.assert_trees_all_equal(encoder_params(first.pretrained), encoder_params(second.pretrained))
   assert not np.allclose(first.pretrained.out_proj.kernel[...],
                          second.pretrained.out_proj.kernel[...])
+  five = models.build(config, vocab_size=291, num_classes=5, rngs=nnx.Rngs(0))
+  assert five.pretrained.out_proj.kernel[...].shape == (64, 5)  # the task's, not config.json's
   batch = {"inputs": np.arange(1, 25, dtype=np.int32).reshape(2, 12),
            "targets": np.array([0, 1], np.int32), "weights": np.ones(2, np.float32)}
   loss = lambda **kw: float(first.metrics(batch, **kw)["loss"])
@@ -151,6 +153,10 @@ def test_data_and_checkpoint_errors_are_named(tmp_path):
     json.dump(vocab, f)
   with pytest.raises(errors.ConfigError, match="tokenizer has 310 ids but the checkpoint"):
     train.train_and_evaluate(tiny_config(imdb, init_from=bigger), str(tmp_path / "big"))
+  # A checkpoint's own classifier (3 labels) of another size than the task's 2 classes.
+  with pytest.raises(errors.CheckpointError, match="shape mismatch: classifier.out_proj"):
+    models.build(tiny_config(imdb, init_from=os.path.join(FIXTURES, "tiny_cls")),
+                 vocab_size=291, num_classes=2, rngs=nnx.Rngs(0))
   os.remove(os.path.join(bigger, "model.safetensors"))
   with pytest.raises(errors.CheckpointError, match="no model.safetensors"):
     train.train_and_evaluate(tiny_config(imdb, init_from=bigger), str(tmp_path / "none"))
