@@ -133,7 +133,8 @@ def base_config(task: str, args: ml_collections.ConfigDict) -> ml_collections.Co
   config.model = ml_collections.ConfigDict()
   config.optimizer = ml_collections.ConfigDict({
       "learning_rate": 1e-3,  # peak learning rate
-      "schedule": "rsqrt",  # rsqrt: linear warmup then 1/sqrt decay | cosine | constant
+      "schedule": "rsqrt",  # rsqrt: linear warmup then 1/sqrt decay | cosine | constant |
+                            # linear (decay to 0)
       "warmup_steps": 1000,  # linear warmup from 0 to the peak
       "weight_decay": 0.1,  # AdamW decoupled decay of the weight matrices
       "grad_clip": 1.0,  # clip the global gradient norm (0 disables)

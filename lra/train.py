@@ -175,9 +175,13 @@ def _single_schedule(opt, num_train_steps: int):
     schedule = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(num_train_steps, warmup + 1))
   elif opt.schedule == "constant":
     schedule = optax.linear_schedule(0.0, peak, warmup)
+  elif opt.schedule == "linear":  # linear decay to 0 at the last step (BERT, Longformer)
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup),
+         optax.linear_schedule(peak, 0.0, max(num_train_steps - warmup, 1))], [warmup])
   else:
-    raise errors.ConfigError(
-        f"optimizer.schedule must be rsqrt, cosine, constant or phases, got {opt.schedule!r}")
+    raise errors.ConfigError(f"optimizer.schedule must be rsqrt, cosine, constant, linear or "
+                             f"phases, got {opt.schedule!r}")
   return schedule
 
 

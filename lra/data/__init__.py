@@ -32,8 +32,9 @@ The trainer (`lra.train`) imports no task module: it learns everything task-spec
   - `metrics: Metrics`: which of the summed metrics a model's `metrics(batch)` returns are
     reported as which averages, and which average picks the best validation checkpoint.
 
-Classification tasks share `lra.data.common.CLASSIFICATION`; `lra.data.charlm` defines its
-own. A new task is a module with `load` and `TASK`, and an entry in `_TASK_MODULES`.
+Classification tasks share `lra.data.common.CLASSIFICATION` (Text with its own `phases`, which
+checks its tokenizer options); `lra.data.charlm` defines its own. A new task is a module
+with `load` and `TASK`, and an entry in `_TASK_MODULES`.
 """
 
 

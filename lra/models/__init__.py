@@ -11,6 +11,7 @@ from lra import errors
 from lra.models.classifier import Classifier
 from lra.models.classifier import DualEncoder
 from lra.models.lm import CausalLM
+from lra.models.longformer_classifier import PretrainedLongformerClassifier
 from lra.models.longformer_pretrained import longformer_from_pretrained
 from lra.models.pretraining import SelfPretrainingLM
 
@@ -19,6 +20,7 @@ MODELS = {
     "dual_encoder": DualEncoder,
     "causal_lm": CausalLM,
     "self_pretraining": SelfPretrainingLM,  # lra.pretraining's stage before fine-tuning
+    "pretrained_longformer": PretrainedLongformerClassifier,  # fine-tunes config.init_from
 }
 
 

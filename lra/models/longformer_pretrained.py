@@ -503,7 +503,8 @@ def load_parameters(model, tensors: Mapping[str, np.ndarray], *,
 
 def longformer_from_pretrained(path: str, *, head: str | None = None,
                                attention: Mapping[str, Any] | None = None, dtype=jnp.float32,
-                               remat: bool = False, ignore_config_fields=(), seed: int = 0):
+                               remat: bool = False, ignore_config_fields=(), seed: int = 0,
+                               num_labels: int | None = None):
   """Loads an HF Longformer folder (`config.json` + `model.safetensors`) into NNX.
 
   Args:
@@ -519,6 +520,9 @@ def longformer_from_pretrained(path: str, *, head: str | None = None,
     remat: recompute each layer in the backward pass (see `LongformerModel`).
     ignore_config_fields: config.json fields to accept without following them.
     seed: initialisation of parameters the checkpoint does not hold.
+    num_labels: the classes of a sequence-classification head, in place of the config's
+      (as HF's `from_pretrained(num_labels=...)`); a checkpoint's own head of another size
+      is a shape mismatch.
 
   Returns:
     The model, called like HF's: `model(input_ids, attention_mask=None,
@@ -532,6 +536,8 @@ def longformer_from_pretrained(path: str, *, head: str | None = None,
                                  f"HuggingFace Longformer checkpoint")
   with open(config_path) as f:
     config = LongformerConfig.from_hf(json.load(f), ignore_fields=ignore_config_fields)
+  if num_labels is not None:
+    config = dataclasses.replace(config, num_labels=num_labels)
   tensors = read_checkpoint(path)
   kwargs = dict(attention=attention, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
   keep_missing = None

@@ -6,6 +6,7 @@ words, brightness, a bright square), so end-to-end tests can also check that tra
 moves.
 """
 
+import json
 import os
 import pickle
 
@@ -72,6 +73,42 @@ def write_imdb(root, num_reviews: int = 24) -> str:
   with open(os.path.join(base, "imdb.vocab"), "w") as f:
     f.write("the\nand\n")
   return base
+
+
+# RoBERTa's special tokens and their ids; `<mask>` comes last, as in RoBERTa's vocabulary.
+BPE_SPECIAL_IDS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+# Words of the IMDb fixture that the tiny BPE merges into one token each ('Ġ': the space
+# before a word in byte-level BPE).
+BPE_WORDS = ("\u0120great", "\u0120awful", "\u0120superb", "\u0120dull", "\u0120boring",
+             "Film")
+
+
+def write_bpe_tokenizer(folder) -> str:
+  """Writes a tiny byte-level BPE in RoBERTa's format: `vocab.json` (its special tokens,
+  the 256 byte symbols, the merged prefixes of `BPE_WORDS`, `<mask>`: 290 ids) and
+  `merges.txt` (merging each word left to right). Deterministic, so the committed copy in
+  `tests/fixtures/hf_longformer/tiny/` (vocabulary 300) is this function's output.
+
+  Returns:
+    `folder`.
+  """
+  from tokenizers import pre_tokenizers  # pylint: disable=g-import-not-at-top
+
+  vocab = dict(BPE_SPECIAL_IDS)
+  for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+    vocab[symbol] = len(vocab)
+  merges = []
+  for word in BPE_WORDS:
+    for end in range(2, len(word) + 1):
+      vocab[word[:end]] = len(vocab)
+      merges.append(f"{word[:end - 1]} {word[end - 1]}")
+  vocab["<mask>"] = len(vocab)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+    json.dump(vocab, f, ensure_ascii=False)
+  with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+    f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+  return os.fspath(folder)
 
 
 def aan_text(index: int, topic: str) -> bytes:

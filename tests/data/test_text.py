@@ -8,6 +8,7 @@ import pytest
 from lra import errors
 import lra.data
 from lra.data import PAD_ID
+from lra.data import bpe
 from lra.data import text
 from tests.data import fixtures
 
@@ -106,3 +107,71 @@ def test_empty_label_folder_is_an_error(imdb, tmp_path):
     os.remove(os.path.join(folder, name))
   with pytest.raises(errors.DataError, match="neg holds no .txt reviews"):
     text.load(_config(imdb, tmp_path))
+
+
+# RoBERTa's byte-level BPE (tokenizer=bpe), with the tiny tokenizer committed beside the
+# tiny checkpoint (`fixtures.write_bpe_tokenizer`).
+TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), os.pardir, "fixtures",
+                              "hf_longformer", "tiny")
+
+
+def _bpe_config(path, tmp_path, tokenizer_path=TINY_TOKENIZER, **options):
+  return _config(path, tmp_path, tokenizer="bpe", tokenizer_path=tokenizer_path, **options)
+
+
+def test_committed_tiny_tokenizer_is_the_fixture_writers(tmp_path):
+  fixtures.write_bpe_tokenizer(tmp_path)
+  for name in bpe.FILES:
+    with open(tmp_path / name, "rb") as written, \
+        open(os.path.join(TINY_TOKENIZER, name), "rb") as committed:
+      assert written.read() == committed.read(), name
+
+
+def test_bpe_tokens_are_roberta_ids_plus_one_between_bos_and_eos(imdb, tmp_path):
+  data = text.load(_bpe_config(imdb, tmp_path, max_length=4096))
+  vocab = data.vocab
+  # <pad>, then the tokenizer's 290 ids in order: RoBERTa's <s> 0, <pad> 1, </s> 2 are
+  # task ids 1, 2, 3.
+  assert len(vocab) == 291 and vocab[PAD_ID] == "<pad>"
+  assert vocab[1:4] == ["<s>", "<pad>", "</s>"] and vocab[-1] == "<mask>"
+  inputs = data.splits["test"]["inputs"]
+  lengths = (inputs != PAD_ID).sum(axis=1)
+  assert inputs.shape[1] == lengths.max()
+  for row, n in zip(inputs, lengths):
+    assert np.all(row[:n] != PAD_ID) and np.all(row[n:] == PAD_ID)
+    assert row[0] == 1 and row[n - 1] == 3  # <s> first, </s> last
+  # The first neg test review, "Film test n°0: café awful boring dull.<br /><br />Rated
+  # down.", in RoBERTa's byte-level symbols ('Ġ' a space, 'Â°' and 'Ã©' the UTF-8 bytes of
+  # '°' and 'é'); the fixture's merges make 'Film' and the sentiment words single tokens.
+  names = [vocab[i] for i in inputs[0][:lengths[0]]]
+  assert names == [
+      "<s>", "Film", "Ġ", "t", "e", "s", "t", "Ġ", "n", "Â", "°", "0", ":", "Ġ", "c", "a", "f",
+      "Ã", "©", "Ġawful", "Ġboring", "Ġdull", ".", "<", "b", "r", "Ġ", "/", ">", "<", "b", "r",
+      "Ġ", "/", ">", "R", "a", "t", "e", "d", "Ġd", "o", "w", "n", ".", "</s>"]
+
+
+def test_bpe_truncation_keeps_eos_last(imdb, tmp_path):
+  data = text.load(_bpe_config(imdb, tmp_path, max_length=8))
+  for split in data.splits.values():
+    inputs = split["inputs"]
+    assert inputs.shape[1] == 8 and np.all(inputs != PAD_ID)  # every review is longer
+    np.testing.assert_array_equal(inputs[:, 0], 1)
+    np.testing.assert_array_equal(inputs[:, -1], 3)
+  assert [data.vocab[i] for i in data.splits["test"]["inputs"][0]] == [
+      "<s>", "Film", "Ġ", "t", "e", "s", "t", "</s>"]
+
+
+def test_bpe_tokenizer_errors(imdb, tmp_path):
+  with pytest.raises(errors.ConfigError, match="tokenizer_path is not set.*config.init_from"):
+    text.load(_bpe_config(imdb, tmp_path, tokenizer_path=None))
+  with pytest.raises(errors.ConfigError, match="lacks vocab.json and merges.txt"):
+    text.load(_bpe_config(imdb, tmp_path, tokenizer_path=str(tmp_path)))
+  with pytest.raises(errors.ConfigError, match="must be one of bytes, bpe, got 'wordpiece'"):
+    text.TASK.phases(_config(imdb, tmp_path, tokenizer="wordpiece"))
+  (tmp_path / "broken").mkdir()
+  (tmp_path / "broken" / "vocab.json").write_text("{not json")
+  (tmp_path / "broken" / "merges.txt").write_text("#version: 0.2\n")
+  with pytest.raises(errors.ConfigError, match="cannot read the BPE tokenizer of .*broken"):
+    text.load(_bpe_config(imdb, tmp_path, tokenizer_path=str(tmp_path / "broken")))
+  with pytest.raises(errors.ConfigError, match="max_length must leave room for <s> and </s>"):
+    text.load(_bpe_config(imdb, tmp_path, max_length=1))
