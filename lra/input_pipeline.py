@@ -24,6 +24,11 @@ from lra.data import PAD_ID
 _MIN_BUCKET = 32
 # Batches drawn together and grouped by length; 1 would be a plain shuffle.
 POOL_BATCHES = 16
+# How training batches are read ahead: one thread, a few batches. A batch takes
+# milliseconds to make, far less than a step; grain's default (16 threads reading 500
+# batches ahead) keeps both cores of a small machine busy long after the run starts (with
+# tens of examples, for minutes: every shuffled epoch is recomputed on each thread).
+READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)
 
 
 def bucket_length(longest: int, width: int) -> int:
@@ -70,7 +75,7 @@ def train_iterator(split: dict[str, np.ndarray], *, batch_size: int, seed: int,
   state is one index.
   """
   return iter(train_dataset(split, batch_size=batch_size, seed=seed,
-                            pool_batches=pool_batches).to_iter_dataset())
+                            pool_batches=pool_batches).to_iter_dataset(READ_OPTIONS))
 
 
 def train_dataset(split: dict[str, np.ndarray], *, batch_size: int, seed: int,

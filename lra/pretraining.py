@@ -229,7 +229,7 @@ def train_iterator(config, data: lra_data.TaskData):
 
   dataset = input_pipeline.train_dataset(pretraining_split(data),
                                          batch_size=config.batch_size, seed=config.seed)
-  return iter(dataset.map_with_index(make).to_iter_dataset())
+  return iter(dataset.map_with_index(make).to_iter_dataset(input_pipeline.READ_OPTIONS))
 
 
 def transplant(pretrained: nnx.State, fresh: nnx.State) -> nnx.State:

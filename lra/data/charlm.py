@@ -36,6 +36,7 @@ from absl import logging
 
 from lra import data as lra_data
 from lra import errors
+from lra import input_pipeline
 from lra.data import TaskData
 
 FORMATS = ("enwik8", "text8", "text")
@@ -115,7 +116,8 @@ def train_iterator(tokens: np.ndarray, phases, *, seed: int) -> grain.DatasetIte
     starts = np.random.default_rng([seed, index]).integers(0, len(tokens) - length, size)
     return _crops(tokens, starts, length)
 
-  return iter(grain.MapDataset.range(sum(steps)).map(batch).to_iter_dataset())
+  return iter(grain.MapDataset.range(sum(steps)).map(batch).to_iter_dataset(
+      input_pipeline.READ_OPTIONS))
 
 
 def eval_windows(num_tokens: int, length: int, step: int,
