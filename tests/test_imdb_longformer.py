@@ -21,6 +21,7 @@ from lra.data import PAD_ID
 from tests.data import fixtures
 from tests.entry_points import REPO
 from tests.entry_points import comparable
+from tests import test_train_mesh
 from tests.test_configs import parse
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "hf_longformer")
@@ -163,8 +164,7 @@ def test_data_and_checkpoint_errors_are_named(tmp_path):
 
 
 def _learning_config(tmp_path, **fields):
-  # Enough reviews that the input pipeline's prefetching stays short; 32 BPE tokens keep
-  # 'Film', the split and the first sentiment words of every review.
+  # 32 BPE tokens keep 'Film', the split and the first sentiment words of every review.
   imdb = fixtures.write_imdb(tmp_path, num_reviews=400)
   return tiny_config(imdb, size="small", **{
       "num_train_steps": 30, "eval_every_steps": 30, "checkpoint_every_steps": 10,
@@ -175,6 +175,14 @@ def test_fine_tuning_learns_the_sentiment_words(tmp_path):
   results = train.train_and_evaluate(_learning_config(tmp_path), str(tmp_path / "run"))
   assert results["majority_class_rate"] == 0.5
   assert results["test_accuracy"] > 0.9, results
+
+
+def test_fine_tuning_gives_the_same_losses_with_the_sequence_split(tmp_path):
+  config = _learning_config(tmp_path, num_train_steps=2, eval_every_steps=2,
+                            checkpoint_every_steps=2, log_every_steps=1)
+  one_device, *split = test_train_mesh.train_on_meshes(tmp_path, config)
+  for curves in split:
+    test_train_mesh.assert_same_curves(curves, one_device)
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ LOSS_TOLERANCE = dict(rel=1e-4, abs=1e-6)
 MESHES = [{"data": 1, "sequence": 1}, {"data": 2, "sequence": 2}, {"data": 1, "sequence": 4}]
 
 
-def _curves(workdir):
+def curves_of(workdir):
   """Every logged loss and accuracy of a run, by step, and its test figures."""
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   curves = {(r["step"], key): value for r in records for key, value in r.items()
@@ -34,13 +34,13 @@ def _curves(workdir):
   return curves
 
 
-def _assert_same_curves(actual, expected):
+def assert_same_curves(actual, expected):
   assert actual.keys() == expected.keys()
   for key, value in expected.items():
     assert actual[key] == pytest.approx(value, **LOSS_TOLERANCE), key
 
 
-def _train_on_meshes(tmp_path, config):
+def train_on_meshes(tmp_path, config):
   """Trains `config` on each of `MESHES`; returns the runs' curves."""
   curves = []
   for mesh in MESHES:
@@ -49,7 +49,7 @@ def _train_on_meshes(tmp_path, config):
     workdir = tmp_path / f"data{mesh['data']}_sequence{mesh['sequence']}"
     results = train.train_and_evaluate(config, str(workdir))
     assert results["mesh"] == mesh
-    curves.append(_curves(workdir))
+    curves.append(curves_of(workdir))
   return curves
 
 
@@ -58,10 +58,10 @@ def test_listops_longformer_gives_the_same_losses_with_the_sequence_split(tmp_pa
   # of 32-token batches reach over whole shards.
   config = tiny_config(tmp_path / "cache", num_train_steps=3, eval_every_steps=3,
                        log_every_steps=1, checkpoint_every_steps=3)
-  one_device, *split = _train_on_meshes(tmp_path, config)
+  one_device, *split = train_on_meshes(tmp_path, config)
   assert any(key[1] == "train_loss" for key in one_device)
   for curves in split:
-    _assert_same_curves(curves, one_device)
+    assert_same_curves(curves, one_device)
 
 
 def test_char_lm_gives_the_same_losses_with_the_sequence_split(tmp_path):
@@ -71,10 +71,10 @@ def test_char_lm_gives_the_same_losses_with_the_sequence_split(tmp_path):
                        eval_every_steps=3, log_every_steps=1, checkpoint_every_steps=3)
   with config.unlocked():
     config.data.format = "text"
-  one_device, *split = _train_on_meshes(tmp_path, config)
+  one_device, *split = train_on_meshes(tmp_path, config)
   assert any(key[1] == "train_loss" for key in one_device)
   for curves in split:
-    _assert_same_curves(curves, one_device)
+    assert_same_curves(curves, one_device)
 
 
 def test_a_run_resumes_on_another_mesh_shape(tmp_path):
@@ -95,7 +95,7 @@ def test_a_run_resumes_on_another_mesh_shape(tmp_path):
   status, out = finish(resumed, tmp_path / "resumed.log")
   assert status == 0, out
   assert "Resumed from the checkpoint at step 4" in out and "sequence 4" in out, out
-  _assert_same_curves(_curves(tmp_path / "killed"), _curves(tmp_path / "reference"))
+  assert_same_curves(curves_of(tmp_path / "killed"), curves_of(tmp_path / "reference"))
 
 
 def test_the_train_step_moves_halos_and_global_slots_not_the_sequence(tmp_path):
