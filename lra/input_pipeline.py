@@ -26,8 +26,8 @@ _MIN_BUCKET = 32
 POOL_BATCHES = 16
 # How training batches are read ahead: one thread, a few batches. A batch takes
 # milliseconds to make, far less than a step; grain's default (16 threads reading 500
-# batches ahead) keeps both cores of a small machine busy long after the run starts (with
-# tens of examples, for minutes: every shuffled epoch is recomputed on each thread).
+# batches ahead) keeps both cores of a small machine busy long after the run starts
+# (measured: 9 CPU seconds in 5 idle seconds with 22 examples, 2 with 2000).
 READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)
 
 
