@@ -323,7 +323,7 @@ def test_pretrain_none_trains_as_a_config_without_pretraining(tmp_path):
     ("mean_span", 0.5, "config.pretrain.mean_span must be >= 1"),
     ("num_steps", 0, "config.pretrain.num_steps must be > 0"),
     ("schedule", "linear", "config.pretrain.schedule must be one of"),
-    ("batch_size", 3, "config.pretrain.batch_size=3 does not divide over 4 devices"),
+    ("batch_size", 3, "config.pretrain.batch_size=3 does not divide over the 4 devices"),
 ])
 def test_bad_pretrain_values_are_one_config_error(tmp_path, field, value, message):
   config = _spt_config(tmp_path / "cache")
