@@ -2,7 +2,9 @@
 for ListOps and the char-LM, exact resume on another mesh shape, and bad meshes named."""
 
 import json
+import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -14,10 +16,6 @@ from lra import data as lra_data
 from lra import errors
 from lra import train
 from tests.data import fixtures
-from tests.entry_points import finish
-from tests.entry_points import kill_after_checkpoint
-from tests.entry_points import launch
-from tests.test_train import cli_args
 from tests.test_train import tiny_config
 
 LOSS_TOLERANCE = dict(rel=1e-4, abs=1e-6)
@@ -77,25 +75,30 @@ def test_char_lm_gives_the_same_losses_with_the_sequence_split(tmp_path):
     assert_same_curves(curves, one_device)
 
 
-def test_a_run_resumes_on_another_mesh_shape(tmp_path):
-  extra = ("--config.num_train_steps=8", "--config.checkpoint_every_steps=4",
-           "--config.log_every_steps=2", "--config.eval_every_steps=4")
-  on_data = ("--config.mesh.data=4", "--config.mesh.sequence=1")
-  on_sequence = ("--config.mesh.data=1", "--config.mesh.sequence=4")
-  cache = tmp_path / "cache"
-  reference = launch(cli_args(tmp_path / "reference", cache, *extra, *on_data),
-                     tmp_path / "ref.log", devices=4)
-  status, out = finish(reference, tmp_path / "ref.log")
-  assert status == 0, out
-  killed = launch(cli_args(tmp_path / "killed", cache, *extra, *on_data),
-                  tmp_path / "killed.log", devices=4)
-  kill_after_checkpoint(killed, tmp_path / "killed", 4)
-  resumed = launch(cli_args(tmp_path / "killed", cache, *extra, *on_sequence),
-                   tmp_path / "resumed.log", devices=4)
-  status, out = finish(resumed, tmp_path / "resumed.log")
-  assert status == 0, out
-  assert "Resumed from the checkpoint at step 4" in out and "sequence 4" in out, out
-  assert_same_curves(curves_of(tmp_path / "killed"), curves_of(tmp_path / "reference"))
+def test_a_run_resumes_on_another_mesh_shape(tmp_path, caplog):
+  """A run checkpointed on a data-parallel mesh resumes on a sequence-parallel one and ends
+  as the uninterrupted run does (the SIGKILL resume itself: tests/test_train.py)."""
+  config = tiny_config(tmp_path / "cache", num_train_steps=8, checkpoint_every_steps=4,
+                       log_every_steps=2, eval_every_steps=4)
+  with config.unlocked():
+    config.mesh.update({"data": 4, "sequence": 1})
+  reference = tmp_path / "reference"
+  train.train_and_evaluate(config, str(reference))
+  # The workdir as a run stopped after its step-4 checkpoint leaves it.
+  resumed = tmp_path / "resumed"
+  shutil.copytree(reference, resumed)
+  for folder in ("checkpoints", "best"):
+    for step in os.listdir(resumed / folder):
+      if step.isdigit() and int(step) > 4:
+        shutil.rmtree(resumed / folder / step)
+  os.remove(resumed / "results.json")
+  with config.unlocked():
+    config.mesh.update({"data": 1, "sequence": 4})
+  with caplog.at_level(logging.INFO):
+    results = train.train_and_evaluate(config, str(resumed))
+  assert "Resumed from the checkpoint at step 4." in caplog.messages
+  assert results["mesh"] == {"data": 1, "sequence": 4}
+  assert_same_curves(curves_of(resumed), curves_of(reference))
 
 
 def test_the_train_step_moves_halos_and_global_slots_not_the_sequence(tmp_path):
