@@ -72,7 +72,7 @@ def make_mesh(config) -> jax.sharding.Mesh:
         f"config.mesh sizes must be positive, with at most one -1 (the devices left); got "
         f"{sizes}")
   if -1 in shape:
-    given = -math.prod(shape)
+    given = -math.prod(shape)  # the product of the sizes given
     if count % given:
       raise errors.ConfigError(
           f"config.mesh {sizes}: -1 takes the devices the other axis leaves, but the "
@@ -500,6 +500,7 @@ def _train_and_test(config, run: _Workdir, stages: list[Stage], pipelines: lra_d
   """The training loop from the last checkpoint on, then the test of the best parameters."""
   final = stages[-1]
   metrics = final.metrics
+  mesh = jax.sharding.get_abstract_mesh()  # the run's, in context
 
   def evaluate(params, split: str, phase: int) -> dict[str, float]:
     total = None
@@ -527,10 +528,9 @@ def _train_and_test(config, run: _Workdir, stages: list[Stage], pipelines: lra_d
           "%s %s (%s attention, %s parameters): steps %d-%d of %d on %d %s device(s) "
           "(mesh %s); workdir %s", "Pretraining" if stage.name == "pretrain" else "Training",
           config.task, stage.config.attention.name, f"{stage.steps.num_params:,}",
-          stage.first_step, stage.last_step, final.last_step, jax.device_count(),
+          stage.first_step, stage.last_step, final.last_step, mesh.size,
           jax.devices()[0].platform.upper(),
-          " x ".join(f"{axis} {size}" for axis, size in
-                     jax.sharding.get_abstract_mesh().shape.items()), run.path)
+          " x ".join(f"{axis} {size}" for axis, size in mesh.shape.items()), run.path)
   sums, window_start, mark = None, time.time(), time.time()
   timed = {stage.name: [0, 0.0] for stage in stages}  # steps and seconds after compiling
   for step in range(start_step + 1, final.last_step + 1):
@@ -613,7 +613,7 @@ def _train_and_test(config, run: _Workdir, stages: list[Stage], pipelines: lra_d
       "steps_per_sec": _rate(*timed[final.name]),
       "peak_memory_gb": _peak_memory_gb(),
       "num_params": final.steps.num_params,
-      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "devices": f"{mesh.size} x {jax.devices()[0].device_kind}",
   }
   if len(stages) > 1:
     pretrained = finished.get("pretrain", {})
