@@ -17,6 +17,11 @@ and the shapes of two task configs (`--task_shapes`: Pathfinder's 4 heads x 8 an
 2 heads x 16, at their paper batch), and then one jitted train step of every task's paper
 config (`experiments.bench_model`, `--models`).
 
+  python -m experiments.bench_gpu --kernel_configs=128:4:2,128:8:3,64:4:2 --lengths=16384
+
+instead compares launch settings of the Pallas GPU kernels (block, Triton's num_warps and
+num_stages) on local and causal attention, in one process, side by side.
+
 A step is a jitted forward and `jax.vjp` pullback of a fixed random output gradient. Time is
 the median of `--repeats` steps after `--warmup`; useful TFLOP/s counts 3 x the forward
 FLOPs of the two matmuls over exactly the pairs the pattern attends (the band's for the
@@ -33,14 +38,20 @@ import importlib.util
 import os
 import sys
 
-from absl import flags
-import jax
+# The train steps of `--models` run in child processes on the same GPU: this process must not
+# hold 75% of its memory (JAX's default preallocation) while they run. Set before JAX
+# starts its backend; the memory column is XLA's compiled footprint, not the allocator's.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from absl import flags  # noqa: E402  (after the allocator is configured)
+import jax  # noqa: E402
 
 from experiments import bench_attention
 from experiments import cli
 from experiments import harness
 from lra import attention
 from lra import errors
+from lra.attention.kernels import gpu as gpu_kernels
 
 # The shape, timing and output flags are bench_attention's, with accelerator defaults.
 FLAGS = flags.FLAGS
@@ -56,6 +67,11 @@ _XLA_MAX_LENGTH = flags.DEFINE_integer(
     "xla_max_length", 16384, "Longest length for local_xla (a loop of small kernels on GPU).")
 _MODELS = flags.DEFINE_bool("models", True,
                             "Also time one train step of every task's paper config.")
+_KERNEL_CONFIGS = flags.DEFINE_list(
+    "kernel_configs", [],
+    "Instead of the comparison: launch settings of the Pallas GPU kernels to compare, each "
+    "as block:num_warps:num_stages (e.g. 128:4:2,128:8:3), timed for local and causal "
+    "attention at every --lengths; writes kernel_configs.{md,csv,json,png}.")
 _ALLOW_CPU = flags.DEFINE_bool(
     "allow_cpu", False, "Run on a CPU too (interpret-mode kernels: for checking the command "
     "on small lengths, not for figures).")
@@ -109,6 +125,13 @@ _METHODS = flags.DEFINE_list("methods", list(methods(1, 2)),
 cli.subset_of("methods", list(methods(1, 2)), "the methods")
 
 
+@flags.validator("kernel_configs", "each of --kernel_configs must be block:num_warps:num_stages "
+                 "in positive integers, e.g. 128:8:3")
+def _valid_kernel_configs(specs):
+  return all(len(parts) == 3 and all(p.isdigit() and int(p) > 0 for p in parts)
+             for parts in (spec.split(":") for spec in specs))
+
+
 def _unmet(requirement) -> str | None:
   if requirement == "gpu" and jax.default_backend() != "gpu":
     return "skipped: needs a GPU"
@@ -128,38 +151,60 @@ def measure(attend, shape, dtype: str) -> dict:
 
 
 def _plan():
-  """(method, label, shape) in measuring order."""
+  """(method name, shape label, shape, method, kernel launch) in measuring order; the launch
+  is `(block, num_warps, num_stages)` of the Pallas kernels, or None for their defaults."""
   names = list(dict.fromkeys(_METHODS.value))
   plan = []
   for length in (int(n) for n in FLAGS.lengths):
+    shape = (1, length, FLAGS.heads, FLAGS.head_dim)
     for name in names:
       if name == "local_xla" and length > _XLA_MAX_LENGTH.value:
         continue
-      plan.append((name, str(length), (1, length, FLAGS.heads, FLAGS.head_dim)))
+      plan.append((name, str(length), shape, methods(FLAGS.window, FLAGS.heads)[name], None))
   for spec in _TASK_SHAPES.value:
     label, _, dims = spec.partition(":")
-    batch, length, heads, head_dim = (int(x) for x in dims.split("x"))
+    shape = tuple(int(x) for x in dims.split("x"))
     for name in ("local_pallas", "local_xla", "tokamax_local"):
       if name in names:
-        plan.append((name, f"{label} {length}", (batch, length, heads, head_dim)))
+        plan.append((name, f"{label} {shape[1]}", shape, methods(FLAGS.window, shape[2])[name],
+                     None))
   return plan
 
 
-def _measure_row(name, label, shape, dtype, matmul_tflops) -> dict:
+def _kernel_config_plan():
+  """The plan of `--kernel_configs`: local and causal on the kernels, each launch."""
+  plan = []
+  for length in (int(n) for n in FLAGS.lengths):
+    for spec in _KERNEL_CONFIGS.value:
+      launch = tuple(int(x) for x in spec.split(":"))
+      for causal, pattern in ((False, {}), (True, {"causal": True})):
+        attend = functools.partial(attention.sliding_window_attention, window=FLAGS.window,
+                                   causal=causal, implementation="pallas", block_size=launch[0])
+        plan.append((f"{'causal' if causal else 'local'}_pallas {spec}", str(length),
+                     (1, length, FLAGS.heads, FLAGS.head_dim), (attend, pattern, None), launch))
+  return plan
+
+
+def _measure_row(name, label, shape, method, launch, dtype, matmul_tflops) -> dict:
   batch, length, heads, head_dim = shape
-  attend, pattern, requirement = methods(FLAGS.window, heads)[name]
+  attend, pattern, requirement = method
   row = {"method": name, "shape": label, "batch": batch, "length": length, "heads": heads,
          "head_dim": head_dim}
   pairs = bench_attention.pattern_pairs(
       length, **{"window": FLAGS.window, "dilations": (1,) * heads, **pattern})
   useful_tflop = 3 * 2 * 2 * batch * pairs * head_dim / 1e12
   row["status"] = _unmet(requirement) or "ok"
+  defaults = (gpu_kernels.NUM_WARPS, gpu_kernels.NUM_STAGES)
+  if launch:  # read when the step is traced, inside `measure`
+    gpu_kernels.NUM_WARPS, gpu_kernels.NUM_STAGES = launch[1:]
   if row["status"] == "ok":
     try:
       row.update(measure(attend, shape, dtype))
     except Exception as error:  # pylint: disable=broad-except
       # One failed method (an unsupported shape, out of memory) must not lose the others.
       row["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    finally:
+      gpu_kernels.NUM_WARPS, gpu_kernels.NUM_STAGES = defaults
   if row["status"] == "ok":
     row["useful_tflops"] = useful_tflop / row["median_s"]
     row["pct_of_matmul"] = 100 * row["useful_tflops"] / matmul_tflops
@@ -202,6 +247,20 @@ def markdown(rows, machine, models) -> str:
       [f"- {m['task']}: {m['result']}" for m in models])
 
 
+def _write(out: str, stem: str, rows, machine, models, *, figure: bool) -> str:
+  """Writes `stem`.{md,csv,json} (and .png when `figure`); returns the Markdown."""
+  text = markdown(rows, machine, models)
+  plot = dict(rows=[r for r in rows if r["shape"] == str(r["length"])], name_key="method",
+              panels=[("median_s", "seconds per step", "forward + backward time"),
+                      ("useful_tflops", "useful TFLOP/s", "useful throughput")],
+              title=f"window {FLAGS.window}, {FLAGS.heads} heads x {FLAGS.head_dim}, "
+                    f"{machine['dtype']}, {machine['device']}")
+  harness.write_outputs(out, stem, markdown=text, columns=CSV_COLUMNS, rows=rows,
+                        record={"machine": machine, "rows": rows, "models": models},
+                        figure=plot if figure else None)
+  return text
+
+
 def main(argv):
   del argv
   if jax.default_backend() == "cpu" and not _ALLOW_CPU.value:
@@ -214,40 +273,35 @@ def main(argv):
   matmul_tflops = harness.matmul_rate(FLAGS.matmul_size, dtype, warmup=FLAGS.warmup,
                                       repeats=FLAGS.repeats)["gflops"] / 1e3
   print(f"  {matmul_tflops:.1f} TFLOP/s", flush=True)
-  rows = []
-  plan = _plan()
-  for index, (name, label, shape) in enumerate(plan, 1):
+  machine = {"device": harness.device_name(),
+             "jax": importlib.metadata.version("jax"), "commit": harness.commit(),
+             "dtype": dtype, "window": FLAGS.window, "matmul_n": FLAGS.matmul_size,
+             "matmul_tflops": matmul_tflops, "repeats": FLAGS.repeats}
+  out = os.path.abspath(FLAGS.out)
+  rows, models = [], []
+  sweep = bool(_KERNEL_CONFIGS.value)
+  plan, stem = (_kernel_config_plan(), "kernel_configs") if sweep else (_plan(), "bench")
+  for index, (name, label, shape, method, launch) in enumerate(plan, 1):
     print(f"[{index}/{len(plan)}] {name} {label} ...", flush=True)
-    rows.append(_measure_row(name, label, shape, dtype, matmul_tflops))
+    rows.append(_measure_row(name, label, shape, method, launch, dtype, matmul_tflops))
     row = rows[-1]
     print(f"  {1e3 * row['median_s']:.3f} ms, {row['useful_tflops']:.1f} TFLOP/s"
           if row["status"] == "ok" else f"  {row['status']}", flush=True)
-  machine = {"device": harness.device_name(),
-             "jax": importlib.metadata.version("jax"), "dtype": dtype,
-             "window": FLAGS.window, "matmul_n": FLAGS.matmul_size,
-             "matmul_tflops": matmul_tflops, "repeats": FLAGS.repeats}
-  out = os.path.abspath(FLAGS.out)
-  os.makedirs(out, exist_ok=True)
-  models = _bench_models(out) if _MODELS.value else []
-  text = markdown(rows, machine, models)
-  harness.write_outputs(
-      out, "bench", markdown=text, columns=CSV_COLUMNS, rows=rows,
-      record={"machine": machine, "rows": rows, "models": models},
-      figure=dict(rows=[r for r in rows if r["shape"] == str(r["length"])], name_key="method",
-                  panels=[("median_s", "seconds per step", "forward + backward time"),
-                          ("useful_tflops", "useful TFLOP/s", "useful throughput")],
-                  title=f"window {FLAGS.window}, {FLAGS.heads} heads x {FLAGS.head_dim}, "
-                        f"{dtype}, {machine['device']}"))
+    # Written after every row, so that a run cut short keeps what it measured.
+    _write(out, stem, rows, machine, models, figure=False)
+  if _MODELS.value and not sweep:
+    models = _bench_models(out)
+  text = _write(out, stem, rows, machine, models, figure=True)
   print()
   print(text)
   for length in (8192, 16384):
     medians = {r["method"]: r["median_s"] for r in rows
                if r["shape"] == str(length) and r["status"] == "ok"}
     for a, b in (("cudnn_full", "local_pallas"), ("cudnn_causal_window", "causal_pallas"),
-                 ("tokamax_local", "local_pallas")):
+                 ("tokamax_local", "local_pallas"), ("tokamax_causal", "causal_pallas")):
       if a in medians and b in medians:
         print(f"time({a}) / time({b}) at {length}: {medians[a] / medians[b]:.2f}")
-  print(f"wrote {out}/bench.{{csv,md,json,png}}")
+  print(f"wrote {out}/{stem}.{{csv,md,json,png}}")
 
 
 if __name__ == "__main__":

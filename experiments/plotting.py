@@ -104,6 +104,8 @@ def versus_length(rows: list[dict], out_png: str, *, name_key: str,
   axes = axes[0]
   for name in dict.fromkeys(r[name_key] for r in rows):
     done = [r for r in rows if r[name_key] == name and r["status"] == "ok"]
+    if not done:  # no line, and no legend entry for one
+      continue
     for ax, (key, _, _) in zip(axes, panels):
       ax.plot([r["length"] for r in done], [r[key] for r in done], marker="o", label=name)
   lengths = sorted({r["length"] for r in rows})
@@ -118,7 +120,9 @@ def versus_length(rows: list[dict], out_png: str, *, name_key: str,
     ax.grid(alpha=0.3, which="both")
   # One legend for every panel, below them, so that it never hides a line.
   handles, labels = axes[0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
+  # At most four names a row: the figure is no wider than its panels.
+  fig.legend(handles, labels, loc="outside lower center", ncol=max(1, min(len(labels), 4)),
+             frameon=False)
   fig.suptitle(title, fontsize=10)
   fig.savefig(out_png, dpi=120)
   plt.close(fig)

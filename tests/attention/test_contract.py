@@ -312,3 +312,36 @@ class ImplementationSwitchTest(parameterized.TestCase):
     jaxpr = jax.make_jaxpr(functools.partial(
         attention.sliding_window_attention, window=4, implementation="xla"))(q, k, v)
     self.assertNotIn("pallas_call", str(jaxpr))
+
+
+class GpuBlockTest(parameterized.TestCase):
+  """The GPU kernels' block, which keeps their tiles within an H100's shared memory."""
+
+  @parameterized.parameters(
+      (128, 64, 2, 128),  # bfloat16, head_dim 64: fits (measured)
+      (128, 64, 4, 64),  # float32 at 128 x 64 asks for 257 KB of 227 (measured)
+      (128, 128, 2, 64),  # bfloat16, head_dim 128 (fits at 64, measured)
+      (128, 16, 4, 64),  # narrow heads still have 128 x 128 float32 score tiles
+      (32, 64, 4, 32),  # a smaller requested block is kept
+  )
+  def test_gpu_block(self, block, head_dim, itemsize, expected):
+    self.assertEqual(kernels.gpu_block(block, head_dim, itemsize), expected)
+
+  def test_float32_runs_in_smaller_blocks_and_stays_exact(self):
+    """float32 asked for blocks of 128: the GPU kernels run the same padded length (384) in
+    blocks of 64, and outputs and gradients still equal the oracle's."""
+    length, window = 300, 40
+    q, k, v = cases.random_qkv(5, 1, length, 2, 16)
+    padding_mask = jnp.arange(length)[None] < 270
+
+    def fast(q, k, v):
+      out, _ = kernels.band_attention(q, k, v, padding_mask, padding_mask, window=window,
+                                      causal=False, block=128, target="gpu_interpret")
+      return out
+
+    self.assertIn("grid=(2, 6)", str(jax.make_jaxpr(fast)(q, k, v)))
+    out, grads = jax.jit(lambda *qkv: cases.grads(fast, qkv))(q, k, v)
+    expected_out, expected_grads = _local_oracle(q, k, v, padding_mask, window=window,
+                                                 dilation=1, causal=False)
+    chex.assert_trees_all_close((out, list(grads)), (expected_out, list(expected_grads)),
+                                **cases.F32_TOL)

@@ -47,6 +47,21 @@ def _gpu_head_dim(head_dim: int) -> int:
   return max(MIN_BLOCK, 1 << (head_dim - 1).bit_length())
 
 
+# The most bytes one `[block, head_dim]` tile of the GPU kernels may hold. Measured on an
+# H100 (227 KB of shared memory for a block of threads): the three kernels fit at 128 x 64
+# in bfloat16, 64 x 64 in float32 and 64 x 128 in bfloat16, all 16 KB tiles, while float32
+# at 128 x 64 asks for 257 KB whatever the pipeline depth (docs/kernels.md).
+MAX_GPU_TILE_BYTES = 16 * 1024
+
+
+def gpu_block(block: int, head_dim: int, itemsize: int) -> int:
+  """The GPU kernels' block: `block`, halved until a `[block, head_dim]` tile of `itemsize`
+  bytes fits `MAX_GPU_TILE_BYTES` (head_dim counted as at least 64: the `block x block`
+  score tiles take their room whatever the head width). A power of two dividing `block`."""
+  largest = MAX_GPU_TILE_BYTES // (max(_gpu_head_dim(head_dim), 64) * itemsize)
+  return max(MIN_BLOCK, min(block, largest))
+
+
 def _pad_last(x, width: int):
   pad = width - x.shape[-1]
   return x if pad == 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
@@ -60,6 +75,9 @@ _HEAD_DIM_ARRAYS = {"forward": (3, 1), "backward": (4, 3)}
 def _run(stage: str, target: str, geometry, *args):
   """Runs `stage` ('forward' or 'backward') of one target's kernels on `args`."""
   module, interpret = TARGETS[target]
+  if module is gpu:  # smaller blocks over the same padded length, where shared memory asks
+    geometry = geometry.reblocked(gpu_block(geometry.block, geometry.head_dim,
+                                            args[0].dtype.itemsize))
   function = functools.partial(getattr(module, stage), geometry, interpret=interpret)
   width = _gpu_head_dim(geometry.head_dim)
   if module is not gpu or width == geometry.head_dim:

@@ -32,6 +32,12 @@ class BandGeometry:
   def length(self) -> int:
     return self.num_blocks * self.block
 
+  def reblocked(self, block: int) -> "BandGeometry":
+    """The same padded sequence in blocks of `block`, which must divide `length`."""
+    if self.length % block:
+      raise ValueError(f"block {block} does not divide the padded length {self.length}")
+    return dataclasses.replace(self, block=block, num_blocks=self.length // block)
+
   @property
   def reach(self) -> int:
     """c: key blocks on each side of a query block that hold keys within its window."""

@@ -28,8 +28,16 @@ from lra.attention.kernels import geometry as geometry_lib
 from lra.attention.kernels import tiles
 
 
+# Triton's launch configuration of every kernel. The default measured against (8, 3) and
+# others on an H100 by `python -m experiments.bench_gpu --kernel_configs=...`
+# (docs/kernels.md); the benchmark tables there are of this default.
+NUM_WARPS = 4
+NUM_STAGES = 2
+
+
 def _compiler_params(interpret: bool):
-  return None if interpret else plgpu.CompilerParams(num_warps=4, num_stages=2)
+  return None if interpret else plgpu.CompilerParams(num_warps=NUM_WARPS,
+                                                      num_stages=NUM_STAGES)
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, query_valid_ref, key_valid_ref, out_ref, lse_ref, *,
