@@ -213,6 +213,39 @@ class Layer(nnx.Module):
                                                       rngs=rngs))
 
 
+def checkpoint_in_order(f: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """`jax.checkpoint(f)` whose recomputation waits for the cotangent of its output.
+
+  The backward pass keeps only `f`'s arguments and recomputes the rest. A plain
+  `jax.checkpoint` leaves the recomputed forward passes free to run as early as XLA likes,
+  and XLA:CPU runs them all before the gradients that need them: every layer's
+  intermediates are alive at once, and the peak is that of no recomputation. Here the
+  recomputation reads its arguments through a data dependency on the cotangent, so layer
+  i's starts only once the backward pass has reached layer i. (An `optimization_barrier`
+  of the arguments with the cotangent would say the same, but XLA:CPU removes it before
+  scheduling.) The masks and other values `f` closes over are not differentiated.
+  """
+
+  @jax.custom_vjp
+  def checkpointed(*args):
+    return f(*args)
+
+  def forward(*args):
+    return f(*args), args
+
+  def backward(args, cotangent):
+    # x + 0 * sum(cotangent): exact for a finite cotangent, and a dependency that XLA keeps
+    # (it does not fold a float product with 0, which is NaN for an infinite operand).
+    zero = 0.0 * jnp.sum(cotangent.astype(jnp.float32))
+    args = jax.tree.map(
+        lambda a: a + zero.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else a,
+        args)
+    return jax.vjp(f, *args)[1](cotangent)
+
+  checkpointed.defvjp(forward, backward)
+  return checkpointed
+
+
 class LongformerModel(nnx.Module):
   """HF's `LongformerModel`: embeddings, post-LN layers, optional pooler (tanh dense of the
   first token).
@@ -221,8 +254,10 @@ class LongformerModel(nnx.Module):
   (`block_size`, `max_global`, ...); the windows come from the config. Under `jax.jit`
   with a traced `global_attention_mask`, set `max_global` (the most global tokens of any
   row). Parameters are float32; `dtype` is the compute dtype. With `remat`, each layer
-  keeps only its input for the backward pass and recomputes the rest (HF's
-  `gradient_checkpointing`): a fraction of the memory for one more forward pass.
+  keeps only its input for the backward pass and recomputes the rest when the backward
+  pass reaches it (`checkpoint_in_order`; HF's `gradient_checkpointing`): a fraction of
+  the memory for one more forward pass. Each layer draws one dropout key, so a recomputed
+  layer drops what it dropped before.
   """
 
   def __init__(self, config: LongformerConfig, *, add_pooling_layer: bool = True,
@@ -261,14 +296,20 @@ class LongformerModel(nnx.Module):
       as_bool = np.asarray if isinstance(global_attention_mask, np.ndarray) else jnp.asarray
       global_mask = as_bool(global_attention_mask).astype(bool)
     x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
-    def run_layer(layer, x, rngs):
-      return layer(x, padding_mask=padding_mask, global_mask=global_mask,
-                   deterministic=deterministic, rngs=rngs)
-
-    if self.remat:
-      run_layer = nnx.remat(run_layer)
+    dropout = not deterministic and rngs is not None
     for layer in self.layers:
-      x = run_layer(layer, x, rngs)
+      graphdef, state = nnx.split(layer)
+
+      def run_layer(state, x, key, graphdef=graphdef):
+        # One key a layer, so that a recomputed layer draws the masks it drew before. The
+        # masks are closed over: a concrete (numpy) global mask stays concrete.
+        return nnx.merge(graphdef, state)(
+            x, padding_mask=padding_mask, global_mask=global_mask,
+            deterministic=deterministic, rngs=None if key is None else nnx.Rngs(dropout=key))
+
+      if self.remat:
+        run_layer = checkpoint_in_order(run_layer)
+      x = run_layer(state, x, rngs.dropout() if dropout else None)
     pooled = None if self.pooler is None else jnp.tanh(self.pooler(x[:, 0]))
     return LongformerOutput(last_hidden_state=x, pooler_output=pooled)
 

@@ -244,6 +244,29 @@ def test_remat_gives_the_same_outputs_and_gradients_with_dropout(tmp_path, hf):
   assert abs(results[0][0] - results[2][0]) > 1.0  # dropout was active
 
 
+def test_remat_lowers_the_compiled_memory():
+  """With `remat` each layer keeps only its input: XLA's temporaries of a 4-layer model's
+  gradient fall to well under those of no recomputation (a plain `jax.checkpoint` left
+  them where they were on XLA:CPU: its recomputed layers all ran at once)."""
+  layers, length = 4, 2048
+  config = longformer_pretrained.LongformerConfig(
+      vocab_size=100, hidden_size=64, num_hidden_layers=layers, num_attention_heads=2,
+      intermediate_size=256, attention_window=(64,) * layers)
+  input_ids = np.ones((1, length), np.int32)
+  temporaries = {}
+  for remat in (False, True):
+    graphdef, params = nnx.split(longformer_pretrained.LongformerModel(
+        config, remat=remat, rngs=nnx.Rngs(0)), nnx.Param)
+
+    def loss(params):
+      out = nnx.merge(graphdef, params)(input_ids)  # pylint: disable=cell-var-from-loop
+      return jnp.sum(out.last_hidden_state ** 2)
+
+    compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+    temporaries[remat] = compiled.memory_analysis().temp_size_in_bytes
+  assert temporaries[True] < 0.6 * temporaries[False], temporaries
+
+
 @pytest.mark.slow
 def test_pallas_implementation_matches_huggingface(hf):
   """Any implementation of the mechanism serves the model (Pallas: interpret mode on CPU)."""
