@@ -45,12 +45,14 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from absl import flags  # noqa: E402  (after the allocator is configured)
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 from experiments import bench_attention
 from experiments import cli
 from experiments import harness
 from lra import attention
 from lra import errors
+from lra.attention import kernels
 from lra.attention.kernels import gpu as gpu_kernels
 
 # The shape, timing and output flags are bench_attention's, with accelerator defaults.
@@ -177,10 +179,14 @@ def _kernel_config_plan():
   for length in (int(n) for n in FLAGS.lengths):
     for spec in _KERNEL_CONFIGS.value:
       launch = tuple(int(x) for x in spec.split(":"))
+      # The kernels cap the block to fit shared memory; a row says when that changed it.
+      runs = kernels.gpu_block(kernels.kernel_block(launch[0]), FLAGS.head_dim,
+                               jnp.dtype(FLAGS.dtype).itemsize)
+      label = spec if runs == launch[0] else f"{spec} (runs in blocks of {runs})"
       for causal, pattern in ((False, {}), (True, {"causal": True})):
         attend = functools.partial(attention.sliding_window_attention, window=FLAGS.window,
                                    causal=causal, implementation="pallas", block_size=launch[0])
-        plan.append((f"{'causal' if causal else 'local'}_pallas {spec}", str(length),
+        plan.append((f"{'causal' if causal else 'local'}_pallas {label}", str(length),
                      (1, length, FLAGS.heads, FLAGS.head_dim), (attend, pattern, None), launch))
   return plan
 
@@ -195,10 +201,10 @@ def _measure_row(name, label, shape, method, launch, dtype, matmul_tflops) -> di
   useful_tflop = 3 * 2 * 2 * batch * pairs * head_dim / 1e12
   row["status"] = _unmet(requirement) or "ok"
   defaults = (gpu_kernels.NUM_WARPS, gpu_kernels.NUM_STAGES)
-  if launch:  # read when the step is traced, inside `measure`
-    gpu_kernels.NUM_WARPS, gpu_kernels.NUM_STAGES = launch[1:]
   if row["status"] == "ok":
     try:
+      if launch:  # read when the step is traced, inside `measure`
+        gpu_kernels.NUM_WARPS, gpu_kernels.NUM_STAGES = launch[1:]
       row.update(measure(attend, shape, dtype))
     except Exception as error:  # pylint: disable=broad-except
       # One failed method (an unsupported shape, out of memory) must not lose the others.
