@@ -274,6 +274,10 @@ def main(argv):
         "no GPU or TPU here (jax.default_backend() is 'cpu'): install jax for the "
         "accelerator (make ... ACCEL=cuda13), or pass --allow_cpu to check the command with "
         "interpret-mode kernels on small --lengths")
+  if _KERNEL_CONFIGS.value and jax.default_backend() not in ("gpu", "cpu"):
+    raise errors.ConfigError(
+        f"--kernel_configs sets launch settings of the GPU kernels; this backend is "
+        f"{jax.default_backend()!r}: run it on a GPU")
   dtype = FLAGS.dtype
   print(f"matmul {FLAGS.matmul_size}^3 ({dtype}) ...", flush=True)
   matmul_tflops = harness.matmul_rate(FLAGS.matmul_size, dtype, warmup=FLAGS.warmup,

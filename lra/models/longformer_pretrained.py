@@ -223,7 +223,8 @@ def checkpoint_in_order(f: Callable[..., jax.Array]) -> Callable[..., jax.Array]
   recomputation reads its arguments through a data dependency on the cotangent, so layer
   i's starts only once the backward pass has reached layer i. (An `optimization_barrier`
   of the arguments with the cotangent would say the same, but XLA:CPU removes it before
-  scheduling.) The masks and other values `f` closes over are not differentiated.
+  scheduling.) The masks and other values `f` closes over are not differentiated. Being a
+  `jax.custom_vjp`, it has reverse-mode derivatives only (no `jax.jvp` or `jax.hessian`).
   """
 
   @jax.custom_vjp
@@ -234,9 +235,9 @@ def checkpoint_in_order(f: Callable[..., jax.Array]) -> Callable[..., jax.Array]
     return f(*args), args
 
   def backward(args, cotangent):
-    # x + 0 * sum(cotangent): exact for a finite cotangent, and a dependency that XLA keeps
-    # (it does not fold a float product with 0, which is NaN for an infinite operand).
-    zero = 0.0 * jnp.sum(cotangent.astype(jnp.float32))
+    # x + 0 * (one element of the cotangent): exact for a finite cotangent, and a dependency
+    # that XLA keeps (it does not fold a float product with 0, NaN for an infinite operand).
+    zero = 0.0 * cotangent.reshape(-1)[0].astype(jnp.float32)
     args = jax.tree.map(
         lambda a: a + zero.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else a,
         args)
@@ -256,8 +257,8 @@ class LongformerModel(nnx.Module):
   row). Parameters are float32; `dtype` is the compute dtype. With `remat`, each layer
   keeps only its input for the backward pass and recomputes the rest when the backward
   pass reaches it (`checkpoint_in_order`; HF's `gradient_checkpointing`): a fraction of
-  the memory for one more forward pass. Each layer draws one dropout key, so a recomputed
-  layer drops what it dropped before.
+  the memory for one more forward pass, reverse-mode differentiation only. Each layer draws
+  one dropout key, so a recomputed layer drops what it dropped before.
   """
 
   def __init__(self, config: LongformerConfig, *, add_pooling_layer: bool = True,
@@ -298,6 +299,8 @@ class LongformerModel(nnx.Module):
     x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
     dropout = not deterministic and rngs is not None
     for layer in self.layers:
+      # Layers hold parameters only (no batch statistics, no stored Rngs): what a call
+      # would change in a merged copy's state is not written back.
       graphdef, state = nnx.split(layer)
 
       def run_layer(state, x, key, graphdef=graphdef):

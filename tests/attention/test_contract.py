@@ -345,3 +345,17 @@ class GpuBlockTest(parameterized.TestCase):
                                                  dilation=1, causal=False)
     chex.assert_trees_all_close((out, list(grads)), (expected_out, list(expected_grads)),
                                 **cases.F32_TOL)
+
+  def test_launch_settings_reach_the_kernels(self):
+    """`gpu.NUM_WARPS` / `NUM_STAGES` are read when a call is traced (what
+    `experiments.bench_gpu --kernel_configs` relies on)."""
+    q = jnp.zeros((1, 64, 2, 16), jnp.bfloat16)
+    mask = jnp.ones((1, 64), bool)
+
+    def trace():
+      return str(jax.make_jaxpr(lambda q: kernels.band_attention(
+          q, q, q, mask, mask, window=8, causal=False, block=16, target="gpu"))(q))
+
+    self.assertIn("num_warps=4, num_stages=2", trace())
+    with mock.patch.multiple(kernels.gpu, NUM_WARPS=8, NUM_STAGES=3):
+      self.assertIn("num_warps=8, num_stages=3", trace())

@@ -55,9 +55,11 @@ MAX_GPU_TILE_BYTES = 16 * 1024
 
 
 def gpu_block(block: int, head_dim: int, itemsize: int) -> int:
-  """The GPU kernels' block: `block`, halved until a `[block, head_dim]` tile of `itemsize`
-  bytes fits `MAX_GPU_TILE_BYTES` (head_dim counted as at least 64: the `block x block`
-  score tiles take their room whatever the head width). A power of two dividing `block`."""
+  """The GPU kernels' block for a power-of-two `block` (`kernel_block`'s): `block`, halved
+  until a `[block, head_dim]` tile of `itemsize` bytes fits `MAX_GPU_TILE_BYTES` (head_dim
+  counted as at least 64: the `block x block` score tiles take their room whatever the head
+  width), but never below `MIN_BLOCK` (float32 heads wider than 256 keep 16 x D tiles over
+  16 KB). A power of two dividing `block`."""
   largest = MAX_GPU_TILE_BYTES // (max(_gpu_head_dim(head_dim), 64) * itemsize)
   return max(MIN_BLOCK, min(block, largest))
 
@@ -75,7 +77,7 @@ _HEAD_DIM_ARRAYS = {"forward": (3, 1), "backward": (4, 3)}
 def _run(stage: str, target: str, geometry, *args):
   """Runs `stage` ('forward' or 'backward') of one target's kernels on `args`."""
   module, interpret = TARGETS[target]
-  if module is gpu:  # smaller blocks over the same padded length, where shared memory asks
+  if module is gpu:  # compiled or interpreted: smaller blocks over the same padded length
     geometry = geometry.reblocked(gpu_block(geometry.block, geometry.head_dim,
                                             args[0].dtype.itemsize))
   function = functools.partial(getattr(module, stage), geometry, interpret=interpret)

@@ -33,9 +33,8 @@ class BandGeometry:
     return self.num_blocks * self.block
 
   def reblocked(self, block: int) -> "BandGeometry":
-    """The same padded sequence in blocks of `block`, which must divide `length`."""
-    if self.length % block:
-      raise ValueError(f"block {block} does not divide the padded length {self.length}")
+    """The same padded sequence in blocks of `block`, a divisor of `block` (both are powers
+    of two), so that it divides `length` too."""
     return dataclasses.replace(self, block=block, num_blocks=self.length // block)
 
   @property
