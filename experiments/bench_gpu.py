@@ -156,13 +156,14 @@ def _plan():
   """(method name, shape label, shape, method, kernel launch) in measuring order; the launch
   is `(block, num_warps, num_stages)` of the Pallas kernels, or None for their defaults."""
   names = list(dict.fromkeys(_METHODS.value))
+  table = methods(FLAGS.window, FLAGS.heads)
   plan = []
   for length in (int(n) for n in FLAGS.lengths):
     shape = (1, length, FLAGS.heads, FLAGS.head_dim)
     for name in names:
       if name == "local_xla" and length > _XLA_MAX_LENGTH.value:
         continue
-      plan.append((name, str(length), shape, methods(FLAGS.window, FLAGS.heads)[name], None))
+      plan.append((name, str(length), shape, table[name], None))
   for spec in _TASK_SHAPES.value:
     label, _, dims = spec.partition(":")
     shape = tuple(int(x) for x in dims.split("x"))
