@@ -53,7 +53,7 @@ from experiments import harness
 from lra import attention
 from lra import errors
 from lra.attention import kernels
-from lra.attention.kernels import gpu as gpu_kernels
+from lra.attention.kernels import launch as launch_lib
 
 # The shape, timing and output flags are bench_attention's, with accelerator defaults.
 FLAGS = flags.FLAGS
@@ -201,17 +201,16 @@ def _measure_row(name, label, shape, method, launch, dtype, matmul_tflops) -> di
       length, **{"window": FLAGS.window, "dilations": (1,) * heads, **pattern})
   useful_tflop = 3 * 2 * 2 * batch * pairs * head_dim / 1e12
   row["status"] = _unmet(requirement) or "ok"
-  defaults = (gpu_kernels.NUM_WARPS, gpu_kernels.NUM_STAGES)
   if row["status"] == "ok":
+    settings = {}
+    if launch:  # read when the step is traced, inside `measure`
+      settings = {kernel: launch_lib.Settings(*launch[1:]) for kernel in launch_lib.KERNELS}
     try:
-      if launch:  # read when the step is traced, inside `measure`
-        gpu_kernels.NUM_WARPS, gpu_kernels.NUM_STAGES = launch[1:]
-      row.update(measure(attend, shape, dtype))
+      with launch_lib.overridden(settings):
+        row.update(measure(attend, shape, dtype))
     except Exception as error:  # pylint: disable=broad-except
       # One failed method (an unsupported shape, out of memory) must not lose the others.
       row["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    finally:
-      gpu_kernels.NUM_WARPS, gpu_kernels.NUM_STAGES = defaults
   if row["status"] == "ok":
     row["useful_tflops"] = useful_tflop / row["median_s"]
     row["pct_of_matmul"] = 100 * row["useful_tflops"] / matmul_tflops

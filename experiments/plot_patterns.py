@@ -26,7 +26,7 @@ import numpy as np
 
 from experiments import cli
 from lra import attention
-from lra.attention import sliding
+from lra.attention import common
 from lra import errors
 
 matplotlib.use("Agg")
@@ -139,7 +139,7 @@ def score_tiles(panel: Panel, length: int, block_size: int) -> list[tuple[int, i
     dilation = dilation[panel.head]
   if panel.bound.mechanism.quadratic or dilation != 1:
     return []
-  plan = sliding.plan_band(length, options["window"], bool(options.get("causal")),
+  plan = common.plan_band(length, options["window"], bool(options.get("causal")),
                            block_size)
   tiles = []
   for index in range(plan.num_blocks):

@@ -1,7 +1,15 @@
 """Attention mechanisms behind one contract, and the registry that picks them by name.
 
-Arrays are `[batch, length, heads, head_dim]`. Every mechanism is a pure, jit-able,
-differentiable function; `reference` holds the dense oracle they are all tested against.
+Arrays are `[batch, length, heads, head_dim]` (k and v may have fewer heads: grouped heads).
+Every mechanism is a pure, jit-able, differentiable function; `reference` holds the dense
+oracle they are all tested against.
+
+The package is layered, imports pointing down only: `common` (checks, layouts, the band
+plan, the softmax merge, global slots) at the bottom; `reference`, the XLA core
+(`xla_core`) and the Pallas kernels (`kernels`) on it; the single-device functions
+(`sliding`, `longformer`) above them; sequence parallelism (`sequence_parallel`) above
+those; the public functions (`api`) that dispatch on `sequence_axis`, this registry, and the
+Flax modules (`layers`) at the top.
 
     from lra import attention
     out = attention.sliding_window_attention(q, k, v, window=128, dilation=(1, 1, 2, 2))
@@ -19,45 +27,24 @@ import contextlib
 import dataclasses
 from typing import Any, Callable, Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lra import errors
 from lra.attention import common
-from lra.attention.longformer import longformer_attention
+from lra.attention.api import full_attention
+from lra.attention.common import dropped_global_tokens
+from lra.attention.api import longformer_attention
+from lra.attention.api import sliding_window_attention
 from lra.attention.reference import dense_attention
 from lra.attention.reference import longformer_reference
 from lra.attention.reference import pattern_mask
-from lra.attention.sliding import sliding_window_attention
 
 __all__ = [
     "MECHANISMS", "BoundAttention", "Mechanism", "Option", "build", "dense_attention",
-    "full_attention", "get", "longformer_attention", "longformer_reference", "pattern_mask",
+    "dropped_global_tokens", "full_attention", "get", "longformer_attention", "longformer_reference", "pattern_mask",
     "register", "registered", "sliding_window_attention", "variant_config", "variants",
     "window_pattern",
 ]
-
-
-def full_attention(q, k, v, *, causal: bool = False, padding_mask=None,
-                   dropout_rate: float = 0., dropout_rng=None):
-  """Ordinary quadratic attention (every key, or every earlier key when causal).
-
-  Runs XLA's `jax.nn.dot_product_attention` (float32 logits and softmax, no boolean
-  `[L, L]` pattern), so that comparisons against it are fair; with attention dropout,
-  which that function lacks, the masked dense path of `reference.py`.
-  """
-  if dropout_rate:
-    mask = pattern_mask(q.shape[1], causal=causal, padding_mask=padding_mask)
-    return dense_attention(q, k, v, mask=mask, dropout_rate=dropout_rate,
-                           dropout_rng=dropout_rng)
-  if padding_mask is None:
-    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
-  real = padding_mask.astype(bool)
-  out = jax.nn.dot_product_attention(q, k, v, mask=real[:, None, None, :], is_causal=causal,
-                                     implementation="xla")
-  # Padded queries: exactly 0 (a row with no real key would otherwise average everything).
-  return jnp.where(real[:, :, None, None], out, 0).astype(q.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +76,9 @@ class Mechanism:
   Attributes:
     name: what configs call it (`attention.name`).
     function: the attention function of the contract, called with its options as keywords
-      plus `padding_mask`, `dropout_rate`, `dropout_rng` (and, with `uses_global`,
-      `global_mask` and `global_q/global_k/global_v`).
+      plus `padding_mask`, `dropout_rate`, `dropout_rng` (with `uses_global`, also
+      `global_mask` and `global_q/global_k/global_v`; with `uses_segments`, `segment_ids`
+      when given).
     options: the options a config may set, by name.
     pattern: `(length, options, *, num_heads, global_mask, padding_mask) -> bool
       [batch, heads, L, L]`, which keys each query sees: `dense_attention` under it is the
@@ -101,6 +89,7 @@ class Mechanism:
     presets: named variants of it, a config's `attention=<preset>`: preset name ->
       `num_heads -> options` (e.g. `dilated`: `local` with per-head dilations).
     quadratic: time and memory grow as length^2 (benchmarks cap its lengths).
+    uses_segments: takes `segment_ids` (packed sequences).
   """
 
   name: str
@@ -111,6 +100,7 @@ class Mechanism:
   implementations: tuple[str, ...] = ("xla",)
   presets: Mapping[str, Callable[[int], dict]] = dataclasses.field(default_factory=dict)
   quadratic: bool = False
+  uses_segments: bool = False
 
   @property
   def defaults(self) -> dict[str, Any]:
@@ -176,21 +166,22 @@ def registered(mechanism: Mechanism):
 register(Mechanism(
     "full", full_attention,
     {"causal": Option(False, bool, "each query sees only itself and earlier keys")},
-    quadratic=True))
+    quadratic=True, uses_segments=True))
 register(Mechanism(
     "local", sliding_window_attention,
     {"window": _WINDOW, "dilation": _DILATION,
      "causal": Option(False, bool, "each query sees only itself and the w keys before it"),
      "block_size": _BLOCK_SIZE, "implementation": _IMPLEMENTATION,
      "sequence_axis": _SEQUENCE_AXIS},
-    implementations=("xla", "pallas"), presets={"dilated": _half_dilated}))
+    implementations=("xla", "pallas"), presets={"dilated": _half_dilated},
+    uses_segments=True))
 register(Mechanism(
     "longformer", longformer_attention,
     {"window": _WINDOW, "dilation": _DILATION, "block_size": _BLOCK_SIZE,
      "max_global": Option(None, int, "most global tokens of any row; None: counted from a "
                                      "concrete global_mask"),
      "implementation": _IMPLEMENTATION, "sequence_axis": _SEQUENCE_AXIS},
-    uses_global=True, implementations=("xla", "pallas")))
+    uses_global=True, implementations=("xla", "pallas"), uses_segments=True))
 
 
 def variant_config(variant: str, *, num_heads: int, **options) -> dict[str, Any]:
@@ -231,10 +222,16 @@ class BoundAttention:
                                   global_mask=global_mask if self.uses_global else None,
                                   padding_mask=padding_mask)
 
-  def __call__(self, q, k, v, *, padding_mask=None, global_mask=None, global_qkv=None,
-               dropout_rate: float = 0., dropout_rng=None):
+  def __call__(self, q, k, v, *, padding_mask=None, segment_ids=None, global_mask=None,
+               global_qkv=None, dropout_rate: float = 0., dropout_rng=None):
     kwargs = dict(dict(self.options), padding_mask=padding_mask, dropout_rate=dropout_rate,
                   dropout_rng=dropout_rng)
+    if segment_ids is not None:
+      if not self.mechanism.uses_segments:
+        raise errors.ConfigError(
+            f"attention {self.name!r} takes no segment_ids (packed sequences); use one of: "
+            f"{', '.join(n for n, m in MECHANISMS.items() if m.uses_segments)}")
+      kwargs["segment_ids"] = segment_ids
     if self.uses_global:
       if global_mask is None:
         # numpy, not jnp: a constant stays concrete under jit, so no max_global is needed.
@@ -248,19 +245,25 @@ class BoundAttention:
 def build(config: Mapping[str, Any], num_heads: int) -> BoundAttention:
   """Checks an attention config (`name` plus that mechanism's options) and binds it.
 
-  Raises `lra.errors.ConfigError` naming the problem: an unknown name or option, a
-  missing window, window <= 0, a dilation tuple of the wrong length, an implementation the
-  mechanism does not have.
+  `name` is any variant: a mechanism, or a preset of one (`dilated`), whose options apply
+  under the config's own. Raises `lra.errors.ConfigError` naming the problem: an unknown
+  name or option, a missing window, window <= 0, a dilation tuple of the wrong length, an
+  implementation the mechanism does not have.
   """
   config = dict(config)
-  mechanism = get(config.pop("name", None))
-  name = mechanism.name
+  name = config.pop("name", None)
+  found = variants()
+  if name not in found:
+    raise errors.ConfigError(
+        f"unknown attention {name!r}; choose one of: {', '.join(found)}")
+  mechanism, preset = found[name]
   unknown = sorted(set(config) - set(mechanism.options))
   if unknown:
     raise errors.ConfigError(
         f"attention {name!r} has no option {', '.join(map(repr, unknown))}; its options are: "
         f"{', '.join(sorted(mechanism.options))}")
-  options = {**mechanism.defaults, **{k: v for k, v in config.items() if v is not None}}
+  options = {**mechanism.defaults, **(preset(num_heads) if preset else {}),
+             **{k: v for k, v in config.items() if v is not None}}
   if "window" in options:
     if options["window"] is None:
       raise errors.ConfigError(f"attention {name!r} needs a window (one-sided, > 0)")
@@ -276,4 +279,4 @@ def build(config: Mapping[str, Any], num_heads: int) -> BoundAttention:
     raise errors.ConfigError(
         f"attention {name!r}: unknown implementation {implementation!r}; choose one of: "
         f"{', '.join(mechanism.implementations)} (or None: the best for the backend)")
-  return BoundAttention(name, mechanism, num_heads, tuple(sorted(options.items())))
+  return BoundAttention(mechanism.name, mechanism, num_heads, tuple(sorted(options.items())))

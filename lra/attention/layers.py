@@ -34,29 +34,38 @@ class SelfAttention(nnx.Module):
   ones, as the Longformer paper prescribes.
 
   Parameters are float32; `dtype` is the compute dtype of the projections and of the
-  attention inputs (softmax is float32 whatever it is). With `rotary_positions`, queries
+  attention inputs (softmax is float32 whatever it is). `num_kv_heads` (a divisor of
+  `num_heads`; default `num_heads`) projects keys and values to fewer heads, each read by
+  `num_heads / num_kv_heads` query heads (grouped-query attention; 1 is multi-query). With `rotary_positions`, queries
   and keys carry their positions by rotation (`rotary`): relative position information,
   for models without position embeddings. The global queries and keys are rotated too, so
   every score, local or global, depends on the offset between its two positions.
   """
 
   def __init__(self, features: int, num_heads: int, *, attention: Mapping[str, Any],
-               dropout_rate: float = 0.0, dtype=jnp.float32, rotary_positions: bool = False,
-               rngs: nnx.Rngs):
+               num_kv_heads: int | None = None, dropout_rate: float = 0.0, dtype=jnp.float32,
+               rotary_positions: bool = False, rngs: nnx.Rngs):
     if features % num_heads:
       raise errors.ConfigError(
           f"features ({features}) must be a multiple of num_heads ({num_heads})")
+    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    if (isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, int)
+        or num_kv_heads < 1 or num_heads % num_kv_heads):
+      raise errors.ConfigError(
+          f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads}): each k/v head "
+          f"serves num_heads / num_kv_heads query heads")
     self.core = attention_lib.build(attention, num_heads)
     self.num_heads = num_heads
     self.dropout_rate = dropout_rate
     self.rotary_positions = rotary_positions
     head_dim = features // num_heads
 
-    def projection():
-      return nnx.LinearGeneral(features, (num_heads, head_dim), use_bias=True, dtype=dtype,
+    def projection(heads):
+      return nnx.LinearGeneral(features, (heads, head_dim), use_bias=True, dtype=dtype,
                                rngs=rngs)
 
-    self.query, self.key, self.value = projection(), projection(), projection()
+    self.query = projection(num_heads)
+    self.key, self.value = projection(num_kv_heads), projection(num_kv_heads)
     if self.core.uses_global:
       self.query_global = nnx.clone(self.query)
       self.key_global = nnx.clone(self.key)
@@ -64,13 +73,15 @@ class SelfAttention(nnx.Module):
     self.out = nnx.LinearGeneral((num_heads, head_dim), features, axis=(-2, -1), dtype=dtype,
                                  rngs=rngs)
 
-  def __call__(self, x_BxLxE, *, padding_mask=None, global_mask=None,
+  def __call__(self, x_BxLxE, *, padding_mask=None, segment_ids=None, global_mask=None,
                deterministic: bool = True, rngs: nnx.Rngs | None = None):
     """Attends over `x` `[batch, length, features]`; returns the same shape.
 
     Args:
       x_BxLxE: inputs.
       padding_mask: optional bool `[batch, length]`, True for real tokens.
+      segment_ids: optional int `[batch, length]`: packed sequences, each token attends
+        within its own segment only.
       global_mask: optional bool `[batch, length]` of global tokens (Longformer only).
       deterministic: disables attention dropout.
       rngs: `nnx.Rngs` with a `dropout` stream; needed when dropout is active.
@@ -94,9 +105,9 @@ class SelfAttention(nnx.Module):
       if self.rotary_positions:
         global_q, global_k = rotary(global_q), rotary(global_k)
       global_qkv = (global_q, global_k, self.value_global(x_BxLxE))
-    out_BxLxHxD = self.core(q, k, v, padding_mask=padding_mask, global_mask=global_mask,
-                            global_qkv=global_qkv, dropout_rate=dropout_rate,
-                            dropout_rng=dropout_rng)
+    out_BxLxHxD = self.core(q, k, v, padding_mask=padding_mask, segment_ids=segment_ids,
+                            global_mask=global_mask, global_qkv=global_qkv,
+                            dropout_rate=dropout_rate, dropout_rng=dropout_rng)
     return self.out(out_BxLxHxD)
 
 

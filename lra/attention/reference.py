@@ -18,8 +18,9 @@ def dense_attention(q, k, v, *, mask=None, dropout_rate=0., dropout_rng=None):
 
   Args:
     q: queries `[batch, q_len, heads, head_dim]`.
-    k: keys `[batch, k_len, heads, head_dim]`.
-    v: values `[batch, k_len, heads, head_dim]`.
+    k: keys `[batch, k_len, kv_heads, head_dim]`, `kv_heads` dividing `heads` (query head
+      h reads k/v head `h // (heads / kv_heads)`).
+    v: values `[batch, k_len, kv_heads, head_dim]`.
     mask: optional bool `[batch, heads, q_len, k_len]` (broadcastable), True where the
       query may see the key. A query that sees no key gets an output of exactly 0.
     dropout_rate: attention dropout on the probabilities.
@@ -29,6 +30,8 @@ def dense_attention(q, k, v, *, mask=None, dropout_rate=0., dropout_rng=None):
     `[batch, q_len, heads, head_dim]` in the dtype of `q`.
   """
   common.check_dropout(dropout_rate, dropout_rng)
+  group = q.shape[2] // k.shape[2]
+  k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
   scale = 1.0 / np.sqrt(q.shape[-1])
   logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
   logits = logits * scale
@@ -48,7 +51,8 @@ def pattern_mask(length: int,
                  causal: bool = False,
                  num_heads: int = 1,
                  global_mask=None,
-                 padding_mask=None):
+                 padding_mask=None,
+                 segment_ids=None):
   """Which keys each query sees, for every mechanism of the package.
 
   Args:
@@ -61,9 +65,11 @@ def pattern_mask(length: int,
       queries see every key (padding aside). Not allowed with `causal`.
     padding_mask: optional bool `[batch, L]`, True for real tokens. Padded keys are never
       seen and padded queries see nothing.
+    segment_ids: optional int `[batch, L]`: a query sees keys of its own segment only, in
+      the window and through global tokens alike.
 
   Returns:
-    bool `[batch, H, L, L]` (batch is 1 without global or padding masks).
+    bool `[batch, H, L, L]` (batch is 1 without global, padding or segment masks).
   """
   dilations = common.dilation_per_head(dilation, num_heads)
   if causal and global_mask is not None:
@@ -87,24 +93,30 @@ def pattern_mask(length: int,
   if padding_mask is not None:
     real = jnp.asarray(padding_mask, bool)
     mask = mask & real[:, None, None, :] & real[:, None, :, None]
+  if segment_ids is not None:
+    segments = jnp.asarray(segment_ids)
+    mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
   return mask
 
 
 def longformer_reference(q, k, v, *, window, global_mask, dilation=1, global_q=None,
-                         global_k=None, global_v=None, padding_mask=None):
+                         global_k=None, global_v=None, padding_mask=None, segment_ids=None):
   """Longformer attention from `pattern_mask` and two dense calls (the oracle).
 
   Rows of global queries are recomputed with the global projections when given: each
-  global query sees every non-padded key, through `global_k`/`global_v`.
+  global query sees every non-padded key of its segment, through `global_k`/`global_v`.
   """
   length, num_heads = q.shape[1], q.shape[2]
   mask = pattern_mask(length, window=window, dilation=dilation, num_heads=num_heads,
-                      global_mask=global_mask, padding_mask=padding_mask)
+                      global_mask=global_mask, padding_mask=padding_mask,
+                      segment_ids=segment_ids)
   out = dense_attention(q, k, v, mask=mask)
   if global_q is None:
     return out
   real = jnp.ones(q.shape[:2], bool) if padding_mask is None else padding_mask
-  global_rows = dense_attention(global_q, global_k, global_v,
-                                mask=real[:, None, None, :] & real[:, None, :, None])
+  row_mask = real[:, None, None, :] & real[:, None, :, None]
+  if segment_ids is not None:
+    row_mask = row_mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+  global_rows = dense_attention(global_q, global_k, global_v, mask=row_mask)
   is_global_row = (global_mask & real)[:, :, None, None]
   return jnp.where(is_global_row, global_rows, out)

@@ -4,9 +4,10 @@ The length axis of q/k/v is split over one axis of the mesh in context (`jax.set
 with P shards of S positions, shard p holds positions `[p*S, (p+1)*S)`. A query's window
 reaches at most `window * max(dilation)` positions to each side, so a shard needs only that
 many keys (a halo) from each neighbour, never the rest of the sequence. Under `jax.shard_map`
-each shard receives its halos of k, v and the key mask through `jax.lax.ppermute` (only the
-left one when causal), runs the single-device core `sliding.local_attention_with_lse` on
-`[left halo | own | right halo]` and keeps its own rows. Gradients flow back through the
+each shard receives its halos of k, v, the key mask and the segment ids through
+`jax.lax.ppermute` (only the left one when causal), runs the single-device core
+`sliding.local_attention_with_lse` on `[left halo | own | right halo]` and keeps its own
+rows. Gradients flow back through the
 same permutes (a ppermute's transpose is the reverse ppermute), so they are exact too.
 
 Why the stretch is exact: the core's pattern depends only on key-minus-query offsets
@@ -20,12 +21,12 @@ of shard 0, right of the last shard) arrive as zeros with a False mask: a ppermu
 the shards that nobody sends to with zeros.
 
 Global tokens (Longformer): each shard puts its own global tokens into `max_global` slots
-and all-gathers the slots (keys, values, global queries, validity): P * max_global slots,
-never the sequence. Every query merges its window with the gathered global keys through the
-two log-sum-exps, as in `longformer.py`; each shard attends the gathered global queries to
-its own keys, and the partial softmaxes of the shards are merged exactly by their
-log-sum-exps (a max and two sums over the axis, scattered so that each shard receives only
-its own slots).
+and all-gathers the slots (keys, values, global queries, validity, segment ids): P *
+max_global slots, never the sequence. Every query merges its window with the gathered global
+keys through the two log-sum-exps, as `longformer.attend` does; each shard attends the
+gathered global queries to its own keys, and the partial softmaxes of the shards are merged
+exactly by their log-sum-exps (a max and two sums over the axis, scattered so that each
+shard receives only its own slots).
 
 Bytes exchanged per shard and step are independent of the length: two halos of k and v
 (`2 * window * max(d) * H * D` values each way, half when causal), their masks, and the
@@ -53,7 +54,6 @@ from jax.sharding import PartitionSpec
 
 from lra import errors
 from lra.attention import common
-from lra.attention import longformer
 from lra.attention import sliding
 
 
@@ -106,11 +106,6 @@ def split_sequence(sequence_axis: str, length: int, halo: int, causal: bool) -> 
   return SequenceSplit(sequence_axis, shards, length, halo, causal)
 
 
-def _pad_length(x, split: SequenceSplit, value=0):
-  """`[B, L, ...]` -> `[B, padded_length, ...]`, padded at the end."""
-  return sliding._pad_axis1(x, split.padded_length, value)  # pylint: disable=protected-access
-
-
 def _with_halos(x_BxSx, split: SequenceSplit):
   """A shard's `[B, S, ...]` -> `[left halo | own | right halo]` (no right halo if causal).
 
@@ -133,7 +128,8 @@ def _shard_rng(rng, split: SequenceSplit):
   return None if rng is None else jax.random.fold_in(rng, jax.lax.axis_index(split.axis))
 
 
-def _local_part(split: SequenceSplit, q, k, v, query_mask, key_mask, *, rng, **core_options):
+def _local_part(split: SequenceSplit, q, k, v, query_mask, key_mask, segment_ids, *, rng,
+                **core_options):
   """Inside `shard_map`: the core on a shard's stretch; returns its own rows' output
   `[B, S, H, D]` and log-sum-exp `[B, S, H]`. Halo rows are computed masked and dropped."""
   h = split.halo
@@ -143,6 +139,7 @@ def _local_part(split: SequenceSplit, q, k, v, query_mask, key_mask, *, rng, **c
   out, lse = sliding.local_attention_with_lse(
       stretch_q, _with_halos(k, split), _with_halos(v, split), causal=split.causal,
       query_mask=stretch_query_mask, key_mask=_with_halos(key_mask, split),
+      segment_ids=None if segment_ids is None else _with_halos(segment_ids, split),
       dropout_rng=rng, **core_options)
   own = slice(h, h + split.shard_length)
   return out[:, own], lse[:, own]
@@ -151,17 +148,25 @@ def _local_part(split: SequenceSplit, q, k, v, query_mask, key_mask, *, rng, **c
 def _sharded(split: SequenceSplit, shard_fn, arrays, rng):
   """Runs `shard_fn(*arrays, rng)` under `shard_map` over `split.axis`.
 
-  Arrays are `[B, L, ...]` (padded to the split here) and split on their length; `rng` is
-  replicated. Mesh axes other than `split.axis` stay automatic, so a batch sharded over a
-  data axis stays sharded. Returns the output `[B, L, H, D]`.
+  Arrays are `[B, L, ...]` (padded to the split here) or None, and split on their length;
+  `rng` is replicated. Mesh axes other than `split.axis` stay automatic, so a batch sharded
+  over a data axis stays sharded. Returns the output `[B, L, H, D]`.
   """
-  arrays = [_pad_length(x, split, False if x.dtype == bool else 0) for x in arrays]
+  present = [i for i, x in enumerate(arrays) if x is not None]
+  inputs = [common.pad_axis1(arrays[i], split.padded_length,
+                             False if arrays[i].dtype == bool else 0) for i in present]
   spec = PartitionSpec(None, split.axis)
-  if rng is None:
-    fn, in_specs = lambda *xs: shard_fn(*xs, None), (spec,) * len(arrays)
-  else:
-    fn, in_specs = shard_fn, (spec,) * len(arrays) + (PartitionSpec(),)
-    arrays.append(rng)
+
+  def fn(*xs):
+    full = [None] * len(arrays)
+    for i, x in zip(present, xs):
+      full[i] = x
+    return shard_fn(*full, xs[len(present)] if rng is not None else None)
+
+  in_specs = (spec,) * len(inputs)
+  if rng is not None:
+    in_specs += (PartitionSpec(),)
+    inputs.append(rng)
   # check_vma=False: the core starts its loops from fresh (shard-invariant) zeros, which
   # varying-value checking rejects. The collectives used here (ppermute, all_gather,
   # psum_scatter, and pmax on a stop_gradient) transpose exactly without it.
@@ -174,40 +179,43 @@ def _sharded(split: SequenceSplit, shard_fn, arrays, rng):
     # The core is written for automatic axes (its accumulators carry no sharding): explicit
     # axes are made automatic inside, and the output takes the sharding of q.
     run = jax.sharding.auto_axes(run, axes=explicit,
-                                 out_sharding=jax.typeof(arrays[0]).sharding.spec)
-  return run(*arrays)[:, :split.length]
+                                 out_sharding=jax.typeof(inputs[0]).sharding.spec)
+  return run(*inputs)[:, :split.length]
 
 
-def _real_tokens(q, padding_mask):
-  return jnp.ones(q.shape[:2], bool) if padding_mask is None else padding_mask.astype(bool)
+def _split_of(q, sequence_axis, window, dilation, causal) -> SequenceSplit:
+  common.check_window(window)
+  reach = window * max(common.dilation_per_head(dilation, q.shape[2]))
+  return split_sequence(sequence_axis, q.shape[1], reach, causal)
 
 
 def sharded_sliding_window_attention(q, k, v, *, sequence_axis: str, window: int,
                                      dilation=1, causal: bool = False, padding_mask=None,
-                                     dropout_rate: float = 0., dropout_rng=None,
-                                     block_size: int | None = None,
+                                     segment_ids=None, dropout_rate: float = 0.,
+                                     dropout_rng=None, block_size: int | None = None,
                                      implementation: str | None = None):
-  """`sliding.sliding_window_attention` with the length split over `sequence_axis`.
+  """Sliding-window attention with the length split over `sequence_axis`.
 
   Called under a mesh in context (`with jax.set_mesh(mesh):`) that has `sequence_axis`;
-  arguments and result are as in `sliding_window_attention` (global arrays
+  arguments and result are as in `lra.attention.sliding_window_attention` (global arrays
   `[batch, length, heads, head_dim]`, any length), and so is the result, up to float
   rounding, except that dropout masks are drawn per shard. `implementation` picks the core
   each shard runs on its stretch.
   """
-  sliding.check_qkv(q, k, v)
-  common.check_window(window)
+  common.check_qkv(q, k, v)
   common.check_dropout(dropout_rate, dropout_rng)
-  reach = window * max(common.dilation_per_head(dilation, q.shape[2]))
-  split = split_sequence(sequence_axis, q.shape[1], reach, causal)
+  segment_ids = common.check_segment_ids(segment_ids, q.shape[:2])
+  split = _split_of(q, sequence_axis, window, dilation, causal)
   options = dict(window=window, dilation=dilation, dropout_rate=dropout_rate,
                  block_size=block_size, implementation=implementation)
 
-  def shard_fn(q, k, v, real, rng):
-    out, _ = _local_part(split, q, k, v, real, real, rng=_shard_rng(rng, split), **options)
+  def shard_fn(q, k, v, real, segment_ids, rng):
+    out, _ = _local_part(split, q, k, v, real, real, segment_ids,
+                         rng=_shard_rng(rng, split), **options)
     return out
 
-  return _sharded(split, shard_fn, [q, k, v, _real_tokens(q, padding_mask)], dropout_rng)
+  return _sharded(split, shard_fn,
+                  [q, k, v, common.real_tokens(q, padding_mask), segment_ids], dropout_rng)
 
 
 def _merge_over_shards(out_BxGxHxD, lse_BxGxH, split: SequenceSplit):
@@ -220,69 +228,58 @@ def _merge_over_shards(out_BxGxHxD, lse_BxGxH, split: SequenceSplit):
   weight = jnp.exp(lse_BxGxH - top)
   scatter = functools.partial(jax.lax.psum_scatter, axis_name=split.axis, scatter_dimension=1,
                               tiled=True)
-  # An einsum, not a broadcast multiply: see `longformer.merge_softmaxes`.
-  weighted = jnp.einsum("bgh,bghd->bghd", weight, out_BxGxHxD,
-                        preferred_element_type=jnp.float32)
-  return jnp.einsum("bgh,bghd->bghd", 1.0 / scatter(weight), scatter(weighted))
+  return common.weigh_rows(1.0 / scatter(weight),
+                           scatter(common.weigh_rows(weight, out_BxGxHxD)))
 
 
 def sharded_longformer_attention(q, k, v, *, sequence_axis: str, window: int, global_mask,
                                  dilation=1, global_q=None, global_k=None, global_v=None,
-                                 padding_mask=None, dropout_rate: float = 0., dropout_rng=None,
-                                 block_size: int | None = None, max_global: int | None = None,
+                                 padding_mask=None, segment_ids=None, dropout_rate: float = 0.,
+                                 dropout_rng=None, block_size: int | None = None,
+                                 max_global: int | None = None,
                                  implementation: str | None = None):
-  """`longformer.longformer_attention` with the length split over `sequence_axis`.
+  """Longformer attention with the length split over `sequence_axis`.
 
-  Arguments and result as in `longformer_attention`, under a mesh in context that has
-  `sequence_axis` (see `sharded_sliding_window_attention`). Each shard sends its neighbours
-  a halo and all shards the `max_global` slots of their own global tokens.
+  Arguments and result as in `lra.attention.longformer_attention`, under a mesh in context
+  that has `sequence_axis` (see `sharded_sliding_window_attention`). Each shard sends its
+  neighbours a halo and all shards the `max_global` slots of their own global tokens.
   """
-  sliding.check_qkv(q, k, v)
-  common.check_window(window)
+  common.check_qkv(q, k, v)
   common.check_dropout(dropout_rate, dropout_rng)
-  global_qkv = [x for x in (global_q, global_k, global_v) if x is not None]
-  if global_qkv and (len(global_qkv) < 3 or any(x.shape[:3] != q.shape[:3]
-                                                for x in global_qkv)):
-    raise errors.ConfigError(
-        f"pass all of global_q, global_k, global_v, each of q's [batch, length, heads] "
-        f"{q.shape[:3]}, or none of them; got {[x.shape for x in global_qkv]}")
-  if global_mask is None or tuple(global_mask.shape) != q.shape[:2]:
-    raise errors.ConfigError(
-        f"global_mask must be bool [batch, length] = {q.shape[:2]}, got "
-        f"{None if global_mask is None else global_mask.shape}")
-  reach = window * max(common.dilation_per_head(dilation, q.shape[2]))
-  split = split_sequence(sequence_axis, q.shape[1], reach, causal=False)
-  real = _real_tokens(q, padding_mask)
+  global_qkv = common.check_global_inputs(q, k, v, global_mask, global_q, global_k, global_v)
+  segment_ids = common.check_segment_ids(segment_ids, q.shape[:2])
+  split = _split_of(q, sequence_axis, window, dilation, causal=False)
+  real = common.real_tokens(q, padding_mask)
   is_global = jnp.asarray(global_mask, bool) & real
-  budget = longformer._global_budget(is_global, global_mask, max_global)  # pylint: disable=protected-access
+  budget, is_global = common.global_budget(is_global, global_mask, max_global)
   options = dict(window=window, dilation=dilation, dropout_rate=dropout_rate,
                  block_size=block_size, implementation=implementation)
   gather = functools.partial(jax.lax.all_gather, axis_name=split.axis, axis=1, tiled=True)
 
-  def shard_fn(q, k, v, global_q, global_k, global_v, real, is_global, rng):
+  def shard_fn(q, k, v, global_q, global_k, global_v, real, is_global, segment_ids, rng):
     rngs = [None] * 3 if rng is None else list(jax.random.split(_shard_rng(rng, split), 3))
     out, lse = _local_part(split, q, k, v, real, real & jnp.logical_not(is_global),
-                           rng=rngs[0], **options)
+                           segment_ids, rng=rngs[0], **options)
     if budget == 0:
       return jnp.where(real[:, :, None, None], out, 0).astype(q.dtype)
     # This shard's global tokens in `budget` slots; every shard's slots, gathered.
-    positions, valid = longformer._global_positions(is_global, budget)  # pylint: disable=protected-access
-    slots = [gather(longformer._gather_rows(x, positions)) for x in (k, v, global_q)]  # pylint: disable=protected-access
-    slot_keys, slot_values, slot_queries = slots  # [B, P * budget, H, D]
-    all_valid = gather(valid)  # [B, P * budget]
-    to_globals, lse_globals = longformer._attend_dense(  # pylint: disable=protected-access
-        q, slot_keys, slot_values, all_valid[:, None, None, :], dropout_rate, rngs[1])
-    out = longformer.merge_softmaxes(out, lse, to_globals, lse_globals)
+    positions, valid = common.global_positions(is_global, budget)
+    own = [common.gather_rows(x, positions) for x in (k, v, global_q)]
+    slot_segments = None
+    if segment_ids is not None:
+      slot_segments = gather(common.gather_rows(segment_ids, positions))
+    slots = common.GlobalSlots(gather(valid), gather(own[0]),
+                               gather(own[1]), slot_segments)  # [B, P * budget, ...]
+    to_globals, lse_globals = common.attend_dense(
+        q, slots.keys, slots.values, slots.key_mask(segment_ids), dropout_rate, rngs[1])
+    out = common.merge_softmaxes(out, lse, to_globals, lse_globals)
 
-    partial_rows, partial_lse = longformer._attend_dense(  # pylint: disable=protected-access
-        slot_queries, global_k, global_v, real[:, None, None, :], dropout_rate, rngs[2])
+    partial_rows, partial_lse = common.attend_dense(
+        gather(own[2]), global_k, global_v, slots.row_mask(real, segment_ids),
+        dropout_rate, rngs[2])
     global_rows = _merge_over_shards(partial_rows, partial_lse, split)  # [B, budget, H, D]
-    batch_index = jnp.arange(q.shape[0])[:, None]
-    # Unused slots point past the end and are dropped by the scatter.
-    out = out.at[batch_index, jnp.where(valid, positions, q.shape[1])].set(
-        global_rows, mode="drop")
+    out = common.scatter_rows(out, global_rows, positions, valid)
     return jnp.where(real[:, :, None, None], out, 0).astype(q.dtype)
 
-  if not global_qkv:
-    global_qkv = [q, k, v]
-  return _sharded(split, shard_fn, [q, k, v, *global_qkv, real, is_global], dropout_rng)
+  return _sharded(split, shard_fn, [q, k, v, *global_qkv, real, is_global, segment_ids],
+                  dropout_rng)

@@ -9,6 +9,7 @@ pools each document and classifies `[e1, e2, e1 * e2, e1 - e2]`.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -56,7 +57,10 @@ class PooledEncoder(nnx.Module):
     x = jnp.concatenate([cls, x], axis=1)
     global_mask = None
     if self.uses_global:
-      global_mask = jnp.zeros(real.shape, bool).at[:, 0].set(True)
+      # A numpy constant: its one global token per row is known when shapes are fixed, so
+      # the budget is checked once, at trace time.
+      global_mask = np.zeros(real.shape, bool)
+      global_mask[:, 0] = True
     h = self.encoder(x, padding_mask=real, global_mask=global_mask,
                      deterministic=deterministic, rngs=rngs)
     return h, real

@@ -24,35 +24,41 @@ from absl.testing import parameterized
 
 from lra import attention
 from lra import errors
+from lra.attention import common
 from lra.attention import kernels
 from lra.attention import reference
+from lra.attention.kernels import launch
 from tests.attention import cases
 
-# (length, window, dilation, causal, block_size); batch 2 (row 1 padded, maybe empty).
+# (length, window, dilation, causal, block_size, kv_heads, packed); batch 2 (row 1 padded,
+# maybe empty). kv_heads None: as many as the query heads; packed: uneven segment ids with a
+# one-token document (`cases.segments`).
 LOCAL_CASES = [
-    (1, 8, 1, False, None),  # shorter than any block
-    (45, 3, (1, 2, 4, 8), False, 16),  # dilation up to 8: residue classes of 5 and 6
-    (150, 40, 1, True, 16),  # reach of 3 blocks on one side
-    (203, 37, (1, 3), False, 16),  # w > 2 x block, no multiple of anything
+    (1, 8, 1, False, None, None, False),  # shorter than any block
+    (45, 3, (1, 2, 4, 8), False, 16, 2, True),  # dilation up to 8: residue classes of 5, 6
+    (150, 70, 1, True, 32, 1, True),  # reach of 3 blocks on one side; one k/v head
+    (203, 37, (1, 3), False, 16, None, False),  # w > 2 x block, no multiple of anything
+    (96, 20, (3, 1, 2, 1), False, 16, 2, True),  # head order by dilation not self-inverse
 ]
 # Eagerly (op by op, which is slow on a custom VJP): one small case per mechanism.
-LOCAL_EAGER_CASE = (20, 3, (1, 2), True, 8)
+LOCAL_EAGER_CASE = (20, 3, (1, 2), True, 8, None, False)
 LOCAL_SLOW_CASES = [
-    (1000, 300, 1, False, 128),
-    (1500, 8, 1, True, None),
-    (2100, 1024, (1, 2), False, 128),
-    (4001, 256, (1, 2, 4, 8), True, 128),
+    (1000, 300, 1, False, 128, None, False),
+    (1500, 8, 1, True, None, None, True),
+    (2100, 1024, (1, 2), False, 128, 1, False),
+    (4001, 256, (1, 2, 4, 8), True, 128, 2, True),
 ]
-# (length, window, dilation, global tokens, separate global projections, block_size)
+# (length, window, dilation, global tokens, separate global projections, block_size,
+#  kv_heads, packed)
 LONGFORMER_CASES = [
-    (37, 5, (1, 2), "scattered", True, 16),
-    (130, 40, 1, "first", True, 16),
-    (90, 8, 2, "per_row", False, None),
+    (37, 5, (1, 2), "scattered", True, 16, None, False),
+    (130, 40, 1, "first", True, 32, 1, True),
+    (90, 8, 2, "per_row", False, None, None, True),
 ]
-LONGFORMER_EAGER_CASE = (21, 3, 1, "first", True, 8)
+LONGFORMER_EAGER_CASE = (21, 3, 1, "first", True, 8, None, False)
 LONGFORMER_SLOW_CASES = [
-    (1000, 300, (1, 2), "scattered", True, 128),
-    (2048, 256, 1, "first", True, 128),
+    (1000, 300, (1, 2), "scattered", True, 128, None, True),
+    (2048, 256, 1, "first", True, 128, 1, False),
 ]
 HEAD_DIM = {False: 16, True: 64}  # fast cases, slow (realistic) cases
 
@@ -63,23 +69,31 @@ def _padding(length, empty_row):
 
 
 @functools.partial(jax.jit, static_argnames=("window", "dilation", "causal"))
-def _local_oracle(q, k, v, padding_mask, *, window, dilation, causal):
+def _local_oracle(q, k, v, padding_mask, segment_ids=None, *, window, dilation, causal):
   def dense(q, k, v):
     mask = reference.pattern_mask(q.shape[1], window=window, dilation=dilation,
                                   causal=causal, num_heads=q.shape[2],
-                                  padding_mask=padding_mask)
+                                  padding_mask=padding_mask, segment_ids=segment_ids)
     return reference.dense_attention(q, k, v, mask=mask)
   return cases.grads(dense, [x.astype(jnp.float32) for x in (q, k, v)])
 
 
 @functools.partial(jax.jit, static_argnames=("window", "dilation"))
-def _longformer_oracle(qkv, global_mask, padding_mask, *, window, dilation):
+def _longformer_oracle(qkv, global_mask, padding_mask, segment_ids, *, window, dilation):
   def dense(*qkv):
     projections = dict(zip(("global_q", "global_k", "global_v"), qkv[3:]))
     return reference.longformer_reference(*qkv[:3], window=window, dilation=dilation,
-                                          global_mask=global_mask,
-                                          padding_mask=padding_mask, **projections)
+                                          global_mask=global_mask, padding_mask=padding_mask,
+                                          segment_ids=segment_ids, **projections)
   return cases.grads(dense, [x.astype(jnp.float32) for x in qkv])
+
+
+def _inputs(length, heads, kv_heads, head_dim, dtype, separate=False):
+  """q (and global_q) with `heads` heads; k, v (and global_k, global_v) with `kv_heads`."""
+  kv_heads = kv_heads or heads
+  q, global_q = cases.random_qkv(length, 2, length, heads, head_dim, dtype, count=2)
+  kv = cases.random_kv(length, 2, length, kv_heads, head_dim, dtype, count=4)
+  return [q, *kv[:2], global_q, *kv[2:]] if separate else [q, *kv[:2]]
 
 
 class _Checks(chex.TestCase):
@@ -89,7 +103,6 @@ class _Checks(chex.TestCase):
 
   implementation = "xla"
   cpu_target = None  # for "pallas": which kernels interpret mode runs
-  supports_dropout = True
 
   def setUp(self):
     super().setUp()
@@ -113,38 +126,40 @@ class _Checks(chex.TestCase):
     chex.assert_trees_all_close([g.astype(jnp.float32) for g in grads],
                                 list(expected_grads), **tol)
 
-  def _check_local(self, length, window, dilation, causal, block_size, dtype, tol,
-                   realistic=False):
+  def _check_local(self, length, window, dilation, causal, block_size, kv_heads, packed, dtype,
+                   tol, realistic=False):
     heads = len(dilation) if isinstance(dilation, tuple) else 2
-    q, k, v = cases.random_qkv(length, 2, length, heads, HEAD_DIM[realistic], dtype)
+    q, k, v = _inputs(length, heads, kv_heads, HEAD_DIM[realistic], dtype)
     padding_mask = _padding(length, empty_row=not causal)
+    segment_ids = cases.segments(length, 2, length) if packed else None
     core = self._build("local", heads, window=window, dilation=dilation, causal=causal,
                        block_size=block_size)
-    fast = functools.partial(core, padding_mask=padding_mask)
+    fast = functools.partial(core, padding_mask=padding_mask, segment_ids=segment_ids)
     out, grads = self.variant(lambda *qkv: cases.grads(fast, qkv))(q, k, v)
-    expected_out, expected_grads = _local_oracle(q, k, v, padding_mask, window=window,
-                                                 dilation=dilation, causal=causal)
+    expected_out, expected_grads = _local_oracle(q, k, v, padding_mask, segment_ids,
+                                                 window=window, dilation=dilation,
+                                                 causal=causal)
     self._assert_matches(out, grads, expected_out, expected_grads, q.shape, dtype, tol)
 
   def _check_longformer(self, length, window, dilation, global_kind, separate, block_size,
-                        dtype, tol, realistic=False):
+                        kv_heads, packed, dtype, tol, realistic=False):
     heads = len(dilation) if isinstance(dilation, tuple) else 2
-    qkv = cases.random_qkv(length, 2, length, heads, HEAD_DIM[realistic], dtype,
-                           count=6 if separate else 3)
+    qkv = _inputs(length, heads, kv_heads, HEAD_DIM[realistic], dtype, separate)
     padding_mask = _padding(length, empty_row=True)
+    segment_ids = cases.segments(length, 2, length) if packed else None
     global_mask = cases.global_tokens(global_kind, length, 2, length)
     core = self._build("longformer", heads, window=window, dilation=dilation,
                        block_size=block_size, max_global=int(global_mask.sum(1).max()))
 
     def fast(*qkv):
-      return core(*qkv[:3], padding_mask=padding_mask, global_mask=global_mask,
-                  global_qkv=qkv[3:] or None)
+      return core(*qkv[:3], padding_mask=padding_mask, segment_ids=segment_ids,
+                  global_mask=global_mask, global_qkv=qkv[3:] or None)
 
     out, grads = self.variant(lambda *qkv: cases.grads(fast, qkv))(*qkv)
     expected_out, expected_grads = _longformer_oracle(qkv, global_mask, padding_mask,
-                                                      window=window, dilation=dilation)
+                                                      segment_ids, window=window,
+                                                      dilation=dilation)
     self._assert_matches(out, grads, expected_out, expected_grads, qkv[0].shape, dtype, tol)
-
 
 
 class _Contract(_Checks):
@@ -161,7 +176,7 @@ class _Contract(_Checks):
     self._check_local(*case, jnp.float32, cases.F32_TOL)
 
   @chex.variants(with_jit=True)
-  @parameterized.parameters(LOCAL_CASES[3])
+  @parameterized.parameters(LOCAL_CASES[4])
   def test_local_bfloat16(self, *case):
     self._check_local(*case, jnp.bfloat16, cases.BF16_TOL)
 
@@ -176,7 +191,7 @@ class _Contract(_Checks):
     self._check_longformer(*case, jnp.float32, cases.F32_TOL)
 
   @chex.variants(with_jit=True)
-  @parameterized.parameters(LONGFORMER_CASES[0])
+  @parameterized.parameters(LONGFORMER_CASES[1])
   def test_longformer_bfloat16(self, *case):
     self._check_longformer(*case, jnp.bfloat16, cases.BF16_TOL)
 
@@ -214,13 +229,9 @@ class _Contract(_Checks):
 
   def test_dropout_is_unbiased(self):
     """The mean over dropout draws is the exact output: a 5% bias (e.g. rescaling kept
-    probabilities by 1/(1 - 0.95 rate)) fails. Implementations without dropout must say so."""
+    probabilities by 1/(1 - 0.95 rate)) fails."""
     q, k, v = cases.random_qkv(3, 2, 40, 2, 16)
     core = self._build("local", 2, window=4, block_size=16)
-    if not self.supports_dropout:
-      with pytest.raises(errors.ConfigError, match="no attention dropout"):
-        core(q, k, v, dropout_rate=0.2, dropout_rng=jax.random.key(0))
-      return
     exact = core(q, k, v)
     draws = jax.jit(jax.vmap(lambda key: core(q, k, v, dropout_rate=0.2, dropout_rng=key)))(
         jax.random.split(jax.random.key(1), 400))
@@ -228,6 +239,33 @@ class _Contract(_Checks):
     # 400 draws of 6400 outputs is ~0.002; a 5% bias moves it by 0.05.
     slope = float(jnp.vdot(draws.mean(0), exact) / jnp.vdot(exact, exact))
     self.assertAlmostEqual(slope, 1.0, delta=0.015)
+
+  @parameterized.parameters("local", "longformer")
+  def test_dropout_draws_the_xla_cores_mask(self, name):
+    """Dropout inside the kernels: the same keep-mask as the XLA core (the hash of the seed
+    and the positions), so outputs and gradients are equal; a mask that differs between the
+    forward and the backward, or from the XLA core's, fails. (The XLA core itself is checked
+    against the dense oracle under the same mask in test_sliding.py.)"""
+    if self.implementation == "xla":
+      self.skipTest("the reference of this check")
+    length, heads = 70, 4
+    qkv = _inputs(length, heads, 2, 16, jnp.float32, separate=name == "longformer")
+    options = dict(padding_mask=_padding(length, empty_row=False), dropout_rate=0.3,
+                   dropout_rng=jax.random.key(4), segment_ids=cases.segments(4, 2, length))
+    window = dict(window=6, block_size=16, dilation=(1, 2, 1, 3))
+    if name == "local":
+      window["causal"] = True
+    else:
+      options["global_mask"] = cases.global_tokens("scattered", 4, 2, length)
+      window["max_global"] = int(options["global_mask"].sum(1).max())
+
+    def run(implementation):
+      core = attention.build({"name": name, "implementation": implementation, **window},
+                             heads)
+      fast = lambda *qkv: core(*qkv[:3], global_qkv=qkv[3:] or None, **options)
+      return jax.jit(lambda *qkv: cases.grads(fast, qkv))(*qkv)
+
+    chex.assert_trees_all_close(run(self.implementation), run("xla"), **cases.F32_TOL)
 
 
 class _RealisticContract(_Checks):
@@ -256,13 +294,11 @@ class _Xla:
 class _PallasGpuKernels:
   implementation = "pallas"
   cpu_target = "gpu_interpret"
-  supports_dropout = False
 
 
 class _PallasTpuKernels:
   implementation = "pallas"
   cpu_target = "tpu_interpret"
-  supports_dropout = False
 
 
 class XlaContractTest(_Xla, _Contract):
@@ -300,9 +336,8 @@ class ImplementationSwitchTest(parameterized.TestCase):
           *cases.random_qkv(0, 1, 8, 2, 4))
 
   def test_none_is_xla_on_cpu(self):
-    from lra.attention import common
-    self.assertEqual(common.resolve_implementation(None, dropout_rate=0.0), "xla")
-    self.assertEqual(common.resolve_implementation("pallas", dropout_rate=0.0), "pallas")
+    self.assertEqual(common.resolve_implementation(None), "xla")
+    self.assertEqual(common.resolve_implementation("pallas"), "pallas")
 
   def test_pallas_runs_the_kernels(self):
     q, k, v = cases.random_qkv(0, 1, 40, 2, 16)
@@ -314,8 +349,9 @@ class ImplementationSwitchTest(parameterized.TestCase):
     self.assertNotIn("pallas_call", str(jaxpr))
 
 
-class GpuBlockTest(parameterized.TestCase):
-  """The GPU kernels' block, which keeps their tiles within an H100's shared memory."""
+class GpuKernelsTest(parameterized.TestCase):
+  """What only the GPU kernels have: a block that keeps their tiles within an H100's shared
+  memory, launch settings from a table, and the fused backward with an atomic dQ."""
 
   @parameterized.parameters(
       (128, 64, 2, 128),  # bfloat16, head_dim 64: fits (measured)
@@ -335,27 +371,47 @@ class GpuBlockTest(parameterized.TestCase):
     padding_mask = jnp.arange(length)[None] < 270
 
     def fast(q, k, v):
-      out, _ = kernels.band_attention(q, k, v, padding_mask, padding_mask, window=window,
-                                      causal=False, block=128, target="gpu_interpret")
+      out, _ = kernels.band_attention(q, k, v, padding_mask, padding_mask, None, None,
+                                      plan=common.plan_band(length, window, False, 128),
+                                      target="gpu_interpret")
       return out
 
-    self.assertIn("grid=(2, 6)", str(jax.make_jaxpr(fast)(q, k, v)))
+    self.assertIn("grid=(1, 2, 6)", str(jax.make_jaxpr(fast)(q, k, v)))
     out, grads = jax.jit(lambda *qkv: cases.grads(fast, qkv))(q, k, v)
     expected_out, expected_grads = _local_oracle(q, k, v, padding_mask, window=window,
                                                  dilation=1, causal=False)
     chex.assert_trees_all_close((out, list(grads)), (expected_out, list(expected_grads)),
                                 **cases.F32_TOL)
 
+  def test_fused_backward_equals_the_split_kernels(self):
+    """`gpu.BACKWARD = "fused"` (one kernel, dQ added atomically) gives the gradients of the
+    dQ and dK/dV kernels: causal, grouped heads, packed, padded, with dropout."""
+    q = cases.random_qkv(6, 2, 90, 4, 16)[0]
+    k, v = cases.random_kv(6, 2, 90, 2, 16)
+    options = dict(window=9, causal=True, padding_mask=_padding(90, empty_row=False),
+                   segment_ids=cases.segments(6, 2, 90), dropout_rate=0.2,
+                   dropout_rng=jax.random.key(2), block_size=16, implementation="pallas")
+
+    def run(backward):
+      with mock.patch.object(kernels.gpu, "BACKWARD", backward):
+        fast = functools.partial(attention.sliding_window_attention, **options)
+        return jax.jit(lambda *qkv: cases.grads(fast, qkv))(q, k, v)
+
+    chex.assert_trees_all_close(run("fused"), run("split"), **cases.F32_TOL)
+
   def test_launch_settings_reach_the_kernels(self):
-    """`gpu.NUM_WARPS` / `NUM_STAGES` are read when a call is traced (what
-    `experiments.bench_gpu --kernel_configs` relies on)."""
+    """The settings of `kernels.launch`'s table are read when a call is traced (what
+    `experiments.bench.gpu --sweep_launch` relies on)."""
     q = jnp.zeros((1, 64, 2, 16), jnp.bfloat16)
     mask = jnp.ones((1, 64), bool)
 
     def trace():
       return str(jax.make_jaxpr(lambda q: kernels.band_attention(
-          q, q, q, mask, mask, window=8, causal=False, block=16, target="gpu"))(q))
+          q, q, q, mask, mask, None, None, plan=common.plan_band(64, 8, False, 16),
+          target="gpu"))(q))
 
-    self.assertIn("num_warps=4, num_stages=2", trace())
-    with mock.patch.multiple(kernels.gpu, NUM_WARPS=8, NUM_STAGES=3):
-      self.assertIn("num_warps=8, num_stages=3", trace())
+    self.assertIn("num_warps=8, num_stages=3", trace())
+    table = {"default": {name: {"num_warps": 4, "num_stages": 5}
+                         for name in launch.KERNELS}}
+    with mock.patch.object(kernels.launch, "_read", lambda path: table):
+      self.assertIn("num_warps=4, num_stages=5", trace())

@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import parameterized
+from jax.experimental import checkify
 
 from lra import errors
-from lra.attention import longformer
+from lra import attention
 from lra.attention import reference
 from tests.attention import cases
 
@@ -92,7 +93,7 @@ class LongformerVsReferenceTest(chex.TestCase):
     # Under jit the masks are traced, so the budget is static: one slot more than needed,
     # so that unused slots are exercised too.
     max_global = None if infer_budget else _budget(global_mask, padding_mask, spare=1)
-    fast = functools.partial(longformer.longformer_attention, block_size=block_size,
+    fast = functools.partial(attention.longformer_attention, block_size=block_size,
                              max_global=max_global)
 
     def output_and_grads(global_mask, padding_mask, *qkv):
@@ -114,7 +115,7 @@ class LongformerVsReferenceTest(chex.TestCase):
     """A constant global mask needs no max_global, even when the padding is traced."""
     (q, k, v), global_mask, padding_mask = _inputs(11, "per_row", False, True)
     constant_mask = np.asarray(global_mask)
-    out = jax.jit(lambda q, k, v, padding_mask: longformer.longformer_attention(
+    out = jax.jit(lambda q, k, v, padding_mask: attention.longformer_attention(
         q, k, v, window=2, global_mask=constant_mask, padding_mask=padding_mask))(
             q, k, v, padding_mask)
     expected = _reference(q, k, v, window=2, global_mask=global_mask,
@@ -126,7 +127,7 @@ class LongformerVsReferenceTest(chex.TestCase):
     q, k, v = cases.random_qkv(6, 1, length, 2, 4)
     # Position 4 lies inside the windows of queries 1..7.
     global_mask = jnp.zeros((1, length), bool).at[0, 4].set(True)
-    out = jax.jit(lambda q, k, v: longformer.longformer_attention(
+    out = jax.jit(lambda q, k, v: attention.longformer_attention(
         q, k, v, window=window, global_mask=global_mask, max_global=1))(q, k, v)
     expected = _reference(q, k, v, window=window, global_mask=global_mask)
     chex.assert_trees_all_close(out, expected, **cases.F32_TOL)
@@ -153,7 +154,7 @@ class MaskTest(chex.TestCase):
     global_mask[2, [0, 5, 13, 18]] = True
     global_mask[0, 3] = True
     out, grads = jax.jit(lambda *qkv: cases.grads(functools.partial(
-        _attention, longformer.longformer_attention, 2, (1, 2), global_mask, padding_mask,
+        _attention, attention.longformer_attention, 2, (1, 2), global_mask, padding_mask,
         max_global=length), qkv))(*qkv)
     chex.assert_tree_all_finite((out, grads))
     np.testing.assert_array_equal(out[0], 0.0)
@@ -176,7 +177,7 @@ class MaskTest(chex.TestCase):
     global_mask = jnp.zeros((1, length), bool).at[0, jnp.array([0, 7, 14, 16, 20])].set(True)
 
     def real_outputs(*qkv):
-      out = _attention(longformer.longformer_attention, 30, 1, global_mask, padding_mask,
+      out = _attention(attention.longformer_attention, 30, 1, global_mask, padding_mask,
                        *qkv, max_global=5)
       return jnp.sum(out[:, :real_length])
 
@@ -196,23 +197,31 @@ class GlobalBudgetTest(chex.TestCase):
   def test_over_budget_eagerly(self):
     q, k, v, global_mask = self._inputs()
     with pytest.raises(errors.ConfigError, match="2 global tokens but max_global=1"):
-      longformer.longformer_attention(q, k, v, window=2, global_mask=global_mask,
+      attention.longformer_attention(q, k, v, window=2, global_mask=global_mask,
                                       max_global=1)
 
   def test_over_budget_under_jit(self):
+    """A traced mask is not checked on the host (no callback in the step): each row's first
+    `max_global` global tokens are global and later ones attend as window tokens, which
+    `dropped_global_tokens` counts; under checkify a row over the budget is an error."""
     q, k, v, global_mask = self._inputs()
-    attend = jax.jit(lambda q, k, v, global_mask: longformer.longformer_attention(
-        q, k, v, window=2, global_mask=global_mask, max_global=1))
-    attend(q, k, v, global_mask.at[1, 6].set(False)).block_until_ready()  # within budget
-    # The check runs in a jax.debug.callback; JAX re-raises its ConfigError as a runtime
-    # error that carries the message.
-    with pytest.raises(jax.errors.JaxRuntimeError,
-                       match=r"2 global tokens but max_global=1; raise max_global"):
-      attend(q, k, v, global_mask).block_until_ready()
+    call = lambda q, k, v, global_mask: attention.longformer_attention(
+        q, k, v, window=2, global_mask=global_mask, max_global=1)
+    self.assertNotIn("callback", str(jax.make_jaxpr(call)(q, k, v, global_mask)))
+    out = jax.jit(call)(q, k, v, global_mask)
+    within = global_mask.at[1, 6].set(False)
+    chex.assert_trees_all_close(out, attention.longformer_attention(
+        q, k, v, window=2, global_mask=within), **cases.F32_TOL)
+    np.testing.assert_array_equal(
+        attention.dropped_global_tokens(global_mask, max_global=1), [0, 1])
+    checked = jax.jit(checkify.checkify(call))
+    checked(q, k, v, within)[0].throw()  # within budget
+    with pytest.raises(checkify.JaxRuntimeError, match="more global tokens than max_global=1"):
+      checked(q, k, v, global_mask)[0].throw()
 
   def test_traced_mask_needs_max_global(self):
     q, k, v, global_mask = self._inputs()
-    attend = jax.jit(lambda q, k, v, global_mask: longformer.longformer_attention(
+    attend = jax.jit(lambda q, k, v, global_mask: attention.longformer_attention(
         q, k, v, window=2, global_mask=global_mask))
     with pytest.raises(errors.ConfigError, match="global_mask is traced.*pass max_global="):
       attend(q, k, v, global_mask)
@@ -222,7 +231,7 @@ class GlobalBudgetTest(chex.TestCase):
     @functools.partial(jax.jit, static_argnames="max_global")
     @chex.assert_max_traces(n=1)
     def attend(q, k, v, global_mask, padding_mask, max_global):
-      return longformer.longformer_attention(q, k, v, window=3, global_mask=global_mask,
+      return attention.longformer_attention(q, k, v, window=3, global_mask=global_mask,
                                              padding_mask=padding_mask, max_global=max_global)
 
     chex.clear_trace_counter()
@@ -240,7 +249,7 @@ class ErrorTest(parameterized.TestCase):
        "pass all of global_q, global_k, global_v, or none of them"),
       ("two_projections", lambda q, k: dict(global_q=q, global_k=k), "pass all of global_q"),
       ("mismatched_projection", lambda q, k: dict(global_q=q, global_k=k[:, :5], global_v=k),
-       r"global projections must match q's \[batch, length, heads\]"),
+       r"global_q, global_k, global_v must have the shapes of q, k, v"),
       ("negative_budget", lambda q, k: dict(max_global=-1), "max_global must be an int >= 0"),
       ("no_global_mask", lambda q, k: dict(global_mask=None),
        r"global_mask must be bool \[batch, length\]"),
@@ -255,7 +264,7 @@ class ErrorTest(parameterized.TestCase):
     q, k, v = cases.random_qkv(10, 1, 9, 2, 4)
     kwargs = dict(window=2, global_mask=jnp.zeros((1, 9), bool).at[:, 0].set(True))
     with pytest.raises(errors.ConfigError, match=message):
-      longformer.longformer_attention(q, k, v, **{**kwargs, **overrides(q, k)})
+      attention.longformer_attention(q, k, v, **{**kwargs, **overrides(q, k)})
 
 
 class LinearMemoryTest(chex.TestCase):
@@ -268,7 +277,7 @@ class LinearMemoryTest(chex.TestCase):
     masks = [jax.ShapeDtypeStruct((1, length), jnp.bool_)] * 2
 
     def loss(global_mask, padding_mask, *qkv):
-      return jnp.sum(_attention(longformer.longformer_attention, 64, dilation, global_mask,
+      return jnp.sum(_attention(attention.longformer_attention, 64, dilation, global_mask,
                                 padding_mask, *qkv, max_global=8))
 
     jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=tuple(range(2, 2 + count))))(
@@ -290,7 +299,7 @@ class DropoutTest(chex.TestCase):
 
     @jax.jit
     def output_and_grads(key, *qkv):
-      attend = functools.partial(_attention, longformer.longformer_attention, 2, 2,
+      attend = functools.partial(_attention, attention.longformer_attention, 2, 2,
                                  global_mask, padding_mask, dropout_rate=0.3,
                                  dropout_rng=key, max_global=2)
       return cases.grads(attend, qkv)
@@ -305,7 +314,7 @@ class DropoutTest(chex.TestCase):
 
   def test_dropout_is_unbiased(self):
     qkv, global_mask, padding_mask = self._inputs()
-    attend = functools.partial(_attention, longformer.longformer_attention, 3, 1,
+    attend = functools.partial(_attention, attention.longformer_attention, 3, 1,
                                global_mask, padding_mask, *qkv, max_global=2)
     exact = jax.jit(attend)()
     draws = jax.jit(jax.vmap(lambda key: attend(dropout_rate=0.5, dropout_rng=key)))(

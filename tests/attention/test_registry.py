@@ -159,7 +159,7 @@ class BuildErrorTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("unknown_name", {"name": "flash", "window": 2},
-       r"unknown attention 'flash'; choose one of: full, local, longformer"),
+       r"unknown attention 'flash'; choose one of: full, local, dilated, longformer"),
       ("no_name", {"window": 2}, r"unknown attention None; choose one of: full, local"),
       ("unknown_option", {"name": "local", "windw": 4},
        r"attention 'local' has no option 'windw'; its options are: block_size, causal, "

@@ -15,8 +15,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from experiments import bench_sequence_parallel
+from lra import attention
 from lra import errors
-from lra.attention import longformer
 from lra.attention import reference
 from lra.attention import sequence_parallel
 from lra.attention import sliding
@@ -83,7 +83,7 @@ def test_sliding_equals_unsharded_and_oracle(shards, length, window, dilation, c
                         sequence_axis=AXIS, block_size=block_size, **options),
       inputs, sequence_mesh(shards))
   unsharded = outputs_and_grads(
-      functools.partial(sliding.sliding_window_attention, block_size=block_size, **options),
+      functools.partial(attention.sliding_window_attention, block_size=block_size, **options),
       inputs)
   mask = reference.pattern_mask(length, window=window, dilation=dilation, causal=causal,
                                 num_heads=4, padding_mask=padding_mask)
@@ -123,7 +123,7 @@ def test_longformer_equals_unsharded_and_oracle(shards, length, window, dilation
                                      sequence_axis=AXIS, block_size=8)),
       inputs, sequence_mesh(shards))
   unsharded = outputs_and_grads(
-      with_globals(functools.partial(longformer.longformer_attention, block_size=8)), inputs)
+      with_globals(functools.partial(attention.longformer_attention, block_size=8)), inputs)
   oracle = outputs_and_grads(with_globals(reference.longformer_reference), inputs)
   assert_all_close(sharded, unsharded)
   assert_all_close(sharded, oracle)
@@ -138,7 +138,7 @@ def test_each_shard_runs_the_chosen_implementation():
       functools.partial(sequence_parallel.sharded_sliding_window_attention, sequence_axis=AXIS,
                         implementation="pallas", **options), inputs, sequence_mesh(2))
   unsharded = outputs_and_grads(
-      functools.partial(sliding.sliding_window_attention, implementation="xla", **options),
+      functools.partial(attention.sliding_window_attention, implementation="xla", **options),
       inputs)
   assert_all_close(sharded, unsharded)
 
@@ -152,7 +152,7 @@ def test_longformer_traced_global_mask_needs_and_checks_max_global():
     with pytest.raises(errors.ConfigError, match="pass max_global"):
       jax.jit(lambda g: call(q, k, v, global_mask=g))(global_mask)
     out = jax.jit(lambda g: call(q, k, v, global_mask=g, max_global=2))(global_mask)
-  want = longformer.longformer_attention(q, k, v, window=2, global_mask=global_mask)
+  want = attention.longformer_attention(q, k, v, window=2, global_mask=global_mask)
   np.testing.assert_allclose(out, want, **cases.F32_TOL)
 
 
@@ -169,7 +169,7 @@ def test_batch_stays_sharded_over_a_data_axis(axis_type):
     sharded = outputs_and_grads(call, inputs)
   assert sharded[0].sharding.spec[0] == "data"
   unsharded = outputs_and_grads(
-      functools.partial(sliding.sliding_window_attention, window=4, dilation=(1, 2)),
+      functools.partial(attention.sliding_window_attention, window=4, dilation=(1, 2)),
       [np.asarray(x) for x in inputs])
   assert_all_close(sharded, unsharded)
 
@@ -184,7 +184,7 @@ def test_dropout_draws_each_shard_from_its_own_key():
     out = jax.jit(functools.partial(
         sequence_parallel.sharded_sliding_window_attention, sequence_axis=AXIS,
         window=window, dropout_rate=rate, dropout_rng=rng))(q, k, v)
-  no_dropout = sliding.sliding_window_attention(q, k, v, window=window)
+  no_dropout = attention.sliding_window_attention(q, k, v, window=window)
   assert np.all(np.isfinite(out)) and not np.allclose(out, no_dropout)
 
   shard, halo = length // shards, window
@@ -262,7 +262,8 @@ EIGHT_DEVICES = textwrap.dedent("""
     import functools
     import jax
     import numpy as np
-    from lra.attention import longformer, sequence_parallel, sliding
+    from lra import attention
+    from lra.attention import sequence_parallel
     from tests.attention import cases
 
     assert jax.device_count() == 8
@@ -271,9 +272,9 @@ EIGHT_DEVICES = textwrap.dedent("""
     padding_mask = cases.padding(8, 2, 200)
     global_mask = cases.global_tokens("scattered", 8, 2, 200)
     runs = [
-        (sliding.sliding_window_attention, sequence_parallel.sharded_sliding_window_attention,
+        (attention.sliding_window_attention, sequence_parallel.sharded_sliding_window_attention,
          dict(window=3, dilation=(1, 2, 4, 8), causal=True, padding_mask=padding_mask)),
-        (longformer.longformer_attention, sequence_parallel.sharded_longformer_attention,
+        (attention.longformer_attention, sequence_parallel.sharded_longformer_attention,
          dict(window=5, dilation=(1, 1, 2, 2), global_mask=global_mask,
               padding_mask=padding_mask)),
     ]

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
+from lra import attention
 from lra import errors
+from lra.attention import common
 from lra.attention import reference
-from lra.attention import sliding
 from tests.attention import cases
 
 # (length, window, dilation, causal, block_size); 4 heads.
@@ -80,7 +81,7 @@ class SlidingVsDenseTest(chex.TestCase):
     q, k, v = cases.random_qkv(length, 3, length, 4, 8, dtype)
     padding_mask = cases.padding(length, 3, length, empty_row=True)
     options = dict(window=window, dilation=dilation, causal=causal)
-    fast = functools.partial(sliding.sliding_window_attention, block_size=block_size,
+    fast = functools.partial(attention.sliding_window_attention, block_size=block_size,
                              padding_mask=padding_mask, **options)
     out, grads = self.variant(lambda q, k, v: cases.grads(fast, (q, k, v)))(q, k, v)
     expected_out, expected_grads = _dense_output_and_grads(q, k, v, padding_mask, **options)
@@ -100,7 +101,7 @@ class MaskThroughGradientTest(chex.TestCase):
     padding_mask = jnp.arange(length)[None] < 20
 
     def output_at_query(k, v):
-      out = sliding.sliding_window_attention(q, k, v, window=4, dilation=dilation,
+      out = attention.sliding_window_attention(q, k, v, window=4, dilation=dilation,
                                              causal=True, padding_mask=padding_mask,
                                              block_size=4)
       return jnp.sum(out[:, query])
@@ -110,14 +111,14 @@ class MaskThroughGradientTest(chex.TestCase):
       np.testing.assert_array_equal(grad[:, query + 1:], 0.0)  # the future
       self.assertGreater(float(jnp.abs(grad[:, query]).sum()), 0.0)
     np.testing.assert_array_equal(
-        jax.jit(jax.grad(lambda k: jnp.sum(sliding.sliding_window_attention(
+        jax.jit(jax.grad(lambda k: jnp.sum(attention.sliding_window_attention(
             q, k, v, window=30, padding_mask=padding_mask))))(k)[:, 20:], 0.0)
 
   def test_padded_queries_output_zero_and_no_nan(self):
     q, k, v = cases.random_qkv(1, 2, 17, 2, 4)
     padding_mask = jnp.zeros((2, 17), bool).at[0, :5].set(True)
     out, grads = jax.jit(lambda q, k, v: cases.grads(
-        lambda q, k, v: sliding.sliding_window_attention(q, k, v, window=3,
+        lambda q, k, v: attention.sliding_window_attention(q, k, v, window=3,
                                                          padding_mask=padding_mask),
         (q, k, v)))(q, k, v)
     chex.assert_tree_all_finite((out, grads))
@@ -129,36 +130,45 @@ class MaskThroughGradientTest(chex.TestCase):
 
 class DropoutTest(chex.TestCase):
 
-  def test_custom_backward_matches_autodiff_of_the_forward(self):
-    """With dropout, the recomputing backward equals plain autodiff of the same forward.
-
-    Six loop steps, so that the dropout masks of different steps and the gradients of
-    windows overlapping across steps are both exercised.
-    """
-    q, k, v = cases.random_qkv(2, 2, 23, 2, 4)
+  @parameterized.parameters((False, 4), (True, 2))
+  def test_matches_the_dense_oracle_under_the_same_mask(self, causal, kv_heads):
+    """The keep-mask is a hash of (seed, row, query, key): the dense oracle under the same
+    mask gives the same outputs and gradients. Six blocks, so that masks of different blocks
+    and the key gradients of overlapping windows are both exercised; grouped heads too."""
+    q = cases.random_qkv(2, 2, 23, 4, 4)[0]
+    k, v = cases.random_qkv(3, 2, 23, kv_heads, 4, count=2)
     padding_mask = cases.padding(2, 2, 23)
-    plan = sliding.plan_band(23, 3, False, 4, dropout_rate=0.3)
-    self.assertEqual(plan.num_blocks, 6)
-    flat = [sliding._pad_axis1(x, plan.length) for x in (q, k, v)]  # [B, L, H, D]
-    mask = sliding._pad_axis1(padding_mask, plan.length, False)
-    rng = jax.random.key(0)
-    fast = lambda q, k, v: sliding.banded_attention(plan, q, k, v, mask, mask, rng)[0]
-    plain = lambda q, k, v: sliding._banded_forward(plan, q, k, v, mask, mask, rng)[0]
-    out, grads = jax.jit(lambda *xs: cases.grads(fast, xs))(*flat)
-    expected_out, expected_grads = jax.jit(lambda *xs: cases.grads(plain, xs))(*flat)
-    chex.assert_trees_all_close(out, expected_out, **cases.F32_TOL)
-    chex.assert_trees_all_close(grads, expected_grads, **cases.F32_TOL)
-    no_dropout = jax.jit(lambda *xs: sliding.banded_attention(
-        dataclasses.replace(plan, dropout_rate=0.0), *xs, mask, mask, None)[0])(*flat)
-    self.assertFalse(np.allclose(out, no_dropout))
+    rng, rate = jax.random.key(0), 0.3
+    fast = functools.partial(attention.sliding_window_attention, window=3, causal=causal,
+                             padding_mask=padding_mask, dropout_rate=rate, dropout_rng=rng,
+                             block_size=4)
+    dense = functools.partial(cases.dense_with_dropout, window=3, causal=causal,
+                              padding_mask=padding_mask, rate=rate,
+                              seed=common.dropout_seed(jax.random.fold_in(rng, 0)))
+    out, grads = jax.jit(lambda *xs: cases.grads(fast, xs))(q, k, v)
+    expected_out, expected_grads = jax.jit(lambda *xs: cases.grads(dense, xs))(q, k, v)
+    chex.assert_trees_all_close((out, grads), (expected_out, expected_grads), **cases.F32_TOL)
+    self.assertFalse(np.allclose(out, attention.sliding_window_attention(
+        q, k, v, window=3, causal=causal, padding_mask=padding_mask)))
 
   def test_dropout_is_unbiased(self):
     q, k, v = cases.random_qkv(3, 1, 16, 1, 4)
-    exact = sliding.sliding_window_attention(q, k, v, window=3)
-    draws = jax.jit(jax.vmap(lambda key: sliding.sliding_window_attention(
+    exact = attention.sliding_window_attention(q, k, v, window=3)
+    draws = jax.jit(jax.vmap(lambda key: attention.sliding_window_attention(
         q, k, v, window=3, dropout_rate=0.5, dropout_rng=key)))(
             jax.random.split(jax.random.key(1), 2000))
     np.testing.assert_allclose(draws.mean(0), exact, atol=0.1)
+
+  def test_keep_rate(self):
+    """The hash keeps a fraction 1 - rate of the weights, independently of position."""
+    row = jnp.arange(64)[:, None, None]
+    query = common.dropout_query_hash(common.dropout_row_hash(jnp.int32(7), row),
+                                      jnp.arange(64)[None, :, None])
+    keep = np.asarray(common.dropout_keep(query, jnp.arange(256)[None, None, :], 0.2))
+    self.assertAlmostEqual(keep.mean(), 0.8, delta=0.005)
+    for axis in range(3):  # no row, query or key position is favoured
+      self.assertLess(np.abs(keep.mean(axis=tuple(a for a in range(3) if a != axis))
+                             - 0.8).max(), 0.06)
 
 
 class LinearMemoryTest(chex.TestCase):
@@ -167,7 +177,7 @@ class LinearMemoryTest(chex.TestCase):
   def test_no_length_squared_intermediate(self, dilation, causal):
     length = 4096
     q, k, v = [jax.ShapeDtypeStruct((1, length, 2, 8), jnp.float32)] * 3
-    loss = lambda q, k, v: jnp.sum(sliding.sliding_window_attention(
+    loss = lambda q, k, v: jnp.sum(attention.sliding_window_attention(
         q, k, v, window=64, dilation=dilation, causal=causal))
     jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
     largest = max(cases.all_intermediate_sizes(jaxpr))
@@ -178,7 +188,7 @@ class LinearMemoryTest(chex.TestCase):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def attend(q, k, v):
-      return sliding.sliding_window_attention(q, k, v, window=3)
+      return attention.sliding_window_attention(q, k, v, window=3)
 
     chex.clear_trace_counter()
     q, k, v = cases.random_qkv(4, 2, 19, 2, 4)
@@ -190,7 +200,7 @@ class BlockPlanTest(parameterized.TestCase):
 
   @parameterized.parameters((256, 4096), (64, 4096), (32, 512), (3, 100), (500, 8192))
   def test_auto_block_wastes_little(self, window, length):
-    plan = sliding.plan_band(length, window, False, None)
+    plan = common.plan_band(length, window, False, None)
     needed = 2 * window + 1
     self.assertLessEqual(plan.keys, max(1.3 * needed, 3 * 32))
     self.assertEqual(plan.length % plan.block, 0)
@@ -201,7 +211,7 @@ class BlockPlanTest(parameterized.TestCase):
                             (32, 8, 4, True), (64, 3, 8, False), (10, 40, 4, False))
   def test_each_block_window_holds_every_key_its_queries_see(self, length, window, block,
                                                              causal):
-    plan = sliding.plan_band(length, window, causal, block)
+    plan = common.plan_band(length, window, causal, block)
     seen = np.asarray(reference.pattern_mask(length, window=window, causal=causal))[0, 0]
     for index in range(plan.num_blocks):
       start = int(plan.window_start(index))
@@ -226,9 +236,9 @@ class ErrorTest(parameterized.TestCase):
   def test_bad_arguments(self, kwargs, message):
     q, k, v = cases.random_qkv(5, 1, 9, 4, 4)
     with pytest.raises(errors.ConfigError, match=message):
-      sliding.sliding_window_attention(q, k, v, **kwargs)
+      attention.sliding_window_attention(q, k, v, **kwargs)
 
   def test_mismatched_shapes(self):
     q, k, v = cases.random_qkv(5, 1, 9, 4, 4)
     with pytest.raises(errors.ConfigError, match="q, k, v must be"):
-      sliding.sliding_window_attention(q, k[:, :5], v, window=2)
+      attention.sliding_window_attention(q, k[:, :5], v, window=2)

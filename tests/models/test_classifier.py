@@ -1,6 +1,9 @@
 """Pooling of the classifier's encoder: every pooling ignores padding."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -8,7 +11,9 @@ from lra import attention
 from lra import config_utils
 from lra.data import PAD_ID
 from lra.models.classifier import POOLINGS
+from lra.models.classifier import Classifier
 from lra.models.classifier import PooledEncoder
+from tests.attention import test_kernel_export
 from tests.entry_points import REPO
 
 VOCAB = 20
@@ -49,3 +54,33 @@ def test_cls_is_global_exactly_under_mechanisms_with_global_tokens(variant):
   pattern = attention.build(config.attention, config.model.num_heads).pattern(
       13, global_mask=cls_global)
   assert moved == bool(np.any(np.asarray(pattern)[0, :, 0, -1]))
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_longformer_train_step_exports_without_host_work(platform):
+  """A Longformer classifier's train step (attention dropout on, the Pallas kernels, an
+  AdamW update) lowers for GPUs and TPUs with no host callback in it."""
+  config = config_utils.load_config(f"{REPO}/configs/listops.py:attention=longformer,size=tiny")
+  with config.unlocked():
+    config.attention.implementation = "pallas"
+  model = Classifier(config, vocab_size=VOCAB, num_classes=10, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  tx = optax.adamw(1e-3)
+
+  def train_step(params, opt_state, batch, rng):
+    def loss(params):
+      sums = nnx.merge(graphdef, params).metrics(batch, deterministic=False,
+                                                 rngs=nnx.Rngs(dropout=rng))
+      return sums["loss"] / sums["count"]
+    grads = jax.grad(loss)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  length = config.data.max_length
+  batch = {"inputs": jax.ShapeDtypeStruct((4, length), jnp.int32),
+           "targets": jax.ShapeDtypeStruct((4,), jnp.int32),
+           "weights": jax.ShapeDtypeStruct((4,), jnp.float32)}
+  module = test_kernel_export.export_module(platform, train_step, params, tx.init(params),
+                                            batch, jax.random.key(0))
+  assert test_kernel_export.KERNEL_CALLS[platform] in module
+  assert "callback" not in module

@@ -1,10 +1,12 @@
 """Fused Pallas kernels for the sliding-window band, forward and backward.
 
-`band_attention` is the Pallas counterpart of `lra.attention.sliding.banded_attention`:
-undilated window attention with a query and a key mask, returning the output and each row's
-log-sum-exp (so that Longformer's global merge and the residue fold of dilation sit on top
-of it unchanged). Its custom VJP recomputes probabilities tile by tile from the saved
-log-sum-exp (FlashAttention-2): no `[b, keys]` probabilities are kept between passes.
+`band_attention` is the Pallas counterpart of `lra.attention.xla_core.band_attention`:
+undilated window attention with a query mask, a key mask, segment ids, grouped k/v heads
+and attention dropout, returning the output and each row's log-sum-exp (so that Longformer's
+global merge and the residue fold of dilation sit on top of it unchanged). Its custom VJP
+recomputes probabilities tile by tile from the saved log-sum-exp (FlashAttention-2): no
+`[b, keys]` probabilities are kept between passes, and the dropout mask is regenerated from
+the seed by the same hash the XLA core uses.
 
 The kernel is picked where the program is lowered, not where it is traced
 (`jax.lax.platform_dependent`): the Triton-backend kernels of `gpu.py` on CUDA and ROCm, the
@@ -19,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from lra import errors
-from lra.attention.kernels import geometry as geometry_lib
+from lra.attention import common
+from lra.attention.kernels import call as call_lib
 from lra.attention.kernels import gpu
 from lra.attention.kernels import tpu
 
@@ -69,71 +72,10 @@ def _pad_last(x, width: int):
   return x if pad == 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
 
 
-# Per stage: how many leading inputs and outputs are `[R, L, D]` (q, k, v[, d_out] in;
-# out, or d_q, d_k, d_v out); the rest are masks and row statistics.
-_HEAD_DIM_ARRAYS = {"forward": (3, 1), "backward": (4, 3)}
-
-
-def _run(stage: str, target: str, geometry, *args):
-  """Runs `stage` ('forward' or 'backward') of one target's kernels on `args`."""
-  module, interpret = TARGETS[target]
-  if module is gpu:  # compiled or interpreted: smaller blocks over the same padded length
-    geometry = geometry.reblocked(gpu_block(geometry.block, geometry.head_dim,
-                                            args[0].dtype.itemsize))
-  function = functools.partial(getattr(module, stage), geometry, interpret=interpret)
-  width = _gpu_head_dim(geometry.head_dim)
-  if module is not gpu or width == geometry.head_dim:
-    return function(*args)
-  # Zero columns of q and k add nothing to a score, and those of v nothing to the output.
-  inputs, outputs = _HEAD_DIM_ARRAYS[stage]
-  results = function(*[_pad_last(x, width) for x in args[:inputs]], *args[inputs:])
-  return tuple(x[..., :geometry.head_dim] if i < outputs else x
-               for i, x in enumerate(results))
-
-
-def _dispatch(stage: str, target: str | None, geometry, *args):
-  if target is not None:
-    return _run(stage, target, geometry, *args)
-  run = functools.partial(_run, stage)
-  return jax.lax.platform_dependent(
-      *args,
-      cuda=functools.partial(run, "gpu", geometry),
-      rocm=functools.partial(run, "gpu", geometry),
-      tpu=functools.partial(run, "tpu", geometry),
-      default=functools.partial(run, CPU_TARGET, geometry))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _band_rows(geometry, target, q, k, v, query_valid, key_valid):
-  return _dispatch("forward", target, geometry, q, k, v, query_valid, key_valid)
-
-
-def _band_rows_forward(geometry, target, q, k, v, query_valid, key_valid):
-  out, lse = _dispatch("forward", target, geometry, q, k, v, query_valid, key_valid)
-  return (out, lse), (q, k, v, query_valid, key_valid, out, lse)
-
-
-def _band_rows_backward(geometry, target, residuals, cotangents):
-  q, k, v, query_valid, key_valid, out, lse = residuals
-  d_out, d_lse = cotangents
-  # Padded query rows get no gradient: their output is a constant 0.
-  valid_rows = jnp.repeat(query_valid, geometry.heads, axis=0) > 0  # [R, L, 1]
-  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
-                  keepdims=True) - d_lse
-  delta = jnp.where(valid_rows, delta, 0.0)
-  d_out = jnp.where(valid_rows, d_out, 0).astype(q.dtype)
-  d_q, d_k, d_v = _dispatch("backward", target, geometry, q, k, v, d_out, lse, delta,
-                            key_valid)
-  return d_q, d_k, d_v, None, None
-
-
-_band_rows.defvjp(_band_rows_forward, _band_rows_backward)
-
-
 def _to_rows(x_NxLxHxD):
-  """`[N, L, H, D]` -> head-major `[N * H, L, D]`."""
-  n, length, heads, head_dim = x_NxLxHxD.shape
-  return jnp.swapaxes(x_NxLxHxD, 1, 2).reshape(n * heads, length, head_dim)
+  """`[N, L, H, D]` -> head-major `[N * H, L, D]` (the TPU kernels' layout)."""
+  n, length, heads, width = x_NxLxHxD.shape
+  return jnp.swapaxes(x_NxLxHxD, 1, 2).reshape(n * heads, length, width)
 
 
 def _from_rows(x_RxLxD, heads: int):
@@ -142,17 +84,94 @@ def _from_rows(x_RxLxD, heads: int):
   return jnp.swapaxes(x_RxLxD.reshape(rows // heads, heads, length, width), 1, 2)
 
 
-def band_attention(q, k, v, query_mask, key_mask, *, window: int, causal: bool, block: int,
+def _run_gpu(stage, call, interpret, *args):
+  """The GPU kernels: smaller blocks where float32 tiles would overflow shared memory,
+  head_dim padded to a power of two (zero columns of q and k add nothing to a score, and
+  those of v nothing to the output)."""
+  q = args[0]
+  call = call.reblocked(gpu_block(call.plan.block, call.head_dim, q.dtype.itemsize))
+  width = _gpu_head_dim(call.head_dim)
+  function = functools.partial(getattr(gpu, stage), call, interpret=interpret)
+  wide = 3 if stage == "forward" else 4  # q, k, v (and d_out) carry head_dim
+  if width == call.head_dim:
+    return function(*args)
+  results = function(*[_pad_last(x, width) for x in args[:wide]], *args[wide:])
+  outputs = 1 if stage == "forward" else 3
+  return tuple(x[..., :call.head_dim] if i < outputs else x for i, x in enumerate(results))
+
+
+def _run_tpu(stage, call, interpret, *args):
+  """The TPU kernels, on head-major copies of the `[N, L, heads, ...]` arrays."""
+  arrays = 3 if stage == "forward" else 6  # q, k, v (and d_out, lse, delta)
+  rows = [_to_rows(x if x.ndim == 4 else x[..., None]) for x in args[:arrays]]
+  results = getattr(tpu, stage)(call, *rows, *args[arrays:], interpret=interpret)
+  if stage == "forward":
+    out, lse = results
+    return _from_rows(out, call.heads), _from_rows(lse, call.heads)[..., 0]
+  d_q, d_k, d_v = results
+  return (_from_rows(d_q, call.heads), _from_rows(d_k, call.kv_heads),
+          _from_rows(d_v, call.kv_heads))
+
+
+def _run(stage: str, target: str, call, *args):
+  """Runs `stage` ('forward' or 'backward') of one target's kernels on `args`."""
+  module, interpret = TARGETS[target]
+  run = _run_gpu if module is gpu else _run_tpu
+  return run(stage, call, interpret, *args)
+
+
+def _dispatch(stage: str, target: str | None, call, *args):
+  if target is not None:
+    return _run(stage, target, call, *args)
+  run = functools.partial(_run, stage)
+  return jax.lax.platform_dependent(
+      *args,
+      cuda=functools.partial(run, "gpu", call),
+      rocm=functools.partial(run, "gpu", call),
+      tpu=functools.partial(run, "tpu", call),
+      default=functools.partial(run, CPU_TARGET, call))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _band(call, target, q, k, v, query_valid, key_valid, segment_ids, seed):
+  return _dispatch("forward", target, call, q, k, v, query_valid, key_valid, segment_ids, seed)
+
+
+def _band_forward(call, target, q, k, v, query_valid, key_valid, segment_ids, seed):
+  out, lse = _band(call, target, q, k, v, query_valid, key_valid, segment_ids, seed)
+  return (out, lse), (q, k, v, query_valid, key_valid, segment_ids, seed, out, lse)
+
+
+def _band_backward(call, target, residuals, cotangents):
+  q, k, v, query_valid, key_valid, segment_ids, seed, out, lse = residuals
+  d_out, d_lse = cotangents
+  # Padded query rows get no gradient (their output is a constant 0): delta is 0 there and
+  # the kernels read their d_out as 0.
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse
+  delta = jnp.where(query_valid[..., None] > 0, delta, 0.0)
+  d_q, d_k, d_v = _dispatch("backward", target, call, q, k, v, d_out, lse, delta, query_valid,
+                            key_valid, segment_ids, seed)
+  return d_q, d_k, d_v, None, None, None, None
+
+
+_band.defvjp(_band_forward, _band_backward)
+
+
+def band_attention(q, k, v, query_mask, key_mask, segment_ids, seed, *,
+                   plan: common.BandPlan, dropout_rate: float = 0.0,
                    target: str | None = None):
   """Undilated window attention on the Pallas kernels; any length.
 
   Args:
-    q, k, v: `[N, L, H, D]`.
+    q: `[N, L, H, D]`.
+    k, v: `[N, L, K, D]`, `K` dividing `H` (query head `h` reads k/v head `h // (H / K)`).
     query_mask: bool `[N, L]`; rows where False get an output of exactly 0.
     key_mask: bool `[N, L]`; keys where False are never seen.
-    window: one-sided window w.
-    causal: see only keys at or before the query.
-    block: positions per query and key block (rounded up by `kernel_block`).
+    segment_ids: int32 `[N, L]` (a query sees keys of its own segment only), or None.
+    seed: int32 scalar of the dropout hash (`common.dropout_seed`), or None.
+    plan: the band plan of the caller (its window, causality and block; the kernels use a
+      power-of-two block, `kernel_block`, on GPUs one that fits shared memory).
+    dropout_rate: attention dropout rate.
     target: a key of `TARGETS`, or None for the kernel of the lowering platform.
 
   Returns:
@@ -163,14 +182,14 @@ def band_attention(q, k, v, query_mask, key_mask, *, window: int, causal: bool, 
     raise errors.ConfigError(
         f"unknown Pallas target {target!r}; choose one of: {', '.join(TARGETS)} or None")
   n, length, heads, head_dim = q.shape
-  block = kernel_block(block)
-  num_blocks = -(-length // block)
-  geometry = geometry_lib.BandGeometry(window=window, causal=causal, block=block,
-                                       num_blocks=num_blocks, heads=heads, head_dim=head_dim)
-  pad = geometry.length - length
-  rows = [jnp.pad(_to_rows(x), ((0, 0), (0, pad), (0, 0))) for x in (q, k, v)]
-  query_valid, key_valid = (jnp.pad(m.astype(jnp.int32), ((0, 0), (0, pad)))
-                            for m in (query_mask, key_mask))
-  out, lse = _band_rows(geometry, target, *rows, query_valid[:, :, None], key_valid)
-  return (_from_rows(out[:, :length], heads),
-          _from_rows(lse[:, :length], heads)[..., 0])
+  plan = common.plan_band(length, plan.window, plan.causal, kernel_block(plan.block))
+  call = call_lib.BandCall(plan=plan, heads=heads, kv_heads=k.shape[2], head_dim=head_dim,
+                           dropout_rate=dropout_rate, segmented=segment_ids is not None)
+  # Padded only when the length is not a multiple of the block.
+  pad = lambda x: common.pad_axis1(x, plan.length)
+  masks = [pad(m.astype(jnp.int32)) for m in (query_mask, key_mask)]
+  out, lse = _band(call, target, pad(q), pad(k), pad(v), *masks,
+                   None if segment_ids is None else pad(segment_ids), seed)
+  if plan.length == length:
+    return out, lse
+  return out[:, :length], lse[:, :length]
