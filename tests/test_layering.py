@@ -22,8 +22,8 @@ ALLOWED = {
 }
 
 # The layers of `lra.attention`, bottom first: shared helpers; the oracle, the XLA core and
-# the Pallas kernels; the single-device functions; sequence parallelism; the public
-# functions, the registry and the Flax modules.
+# the Pallas kernels; the single-device functions (and decoding over a rolling cache);
+# sequence parallelism; the public functions, the registry and the Flax modules.
 ATTENTION_ORDER = [
     "lra.attention.common",
     "lra.attention.reference",
@@ -36,6 +36,7 @@ ATTENTION_ORDER = [
     "lra.attention.kernels.tpu",
     "lra.attention.kernels",
     "lra.attention.sliding",
+    "lra.attention.decoding",
     "lra.attention.longformer",
     "lra.attention.sequence_parallel",
     "lra.attention.api",

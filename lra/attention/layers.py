@@ -10,16 +10,20 @@ from flax import nnx
 
 from lra import attention as attention_lib
 from lra import errors
+from lra.attention import decoding
 
 
-def rotary(x_BxLxHxD):
+def rotary(x_BxLxHxD, start=0):
   """Rotates each pair of features (i, i + D/2) of position p by p * 10000^(-2i/D) (RoPE,
-  Su et al. 2021), so that q . k depends on positions only through their offset."""
+  Su et al. 2021), so that q . k depends on positions only through their offset. The
+  positions are `start .. start + L - 1` (`start` may be traced: decoding)."""
   length, head_dim = x_BxLxHxD.shape[1], x_BxLxHxD.shape[-1]
   if head_dim % 2:
     raise errors.ConfigError(f"rotary positions need an even head dimension, got {head_dim}")
-  frequency = 10000.0 ** (-np.arange(head_dim // 2) / (head_dim // 2))
-  angle_1xLx1xD = jnp.asarray(np.arange(length)[None, :, None, None] * frequency, jnp.float32)
+  frequency = jnp.asarray(10000.0 ** (-np.arange(head_dim // 2) / (head_dim // 2)),
+                          jnp.float32)
+  positions = (start + jnp.arange(length, dtype=jnp.int32)).astype(jnp.float32)
+  angle_1xLx1xD = (positions[:, None] * frequency[None, :])[None, :, None, :]
   cos, sin = jnp.cos(angle_1xLx1xD), jnp.sin(angle_1xLx1xD)  # D here is head_dim / 2
   x1, x2 = jnp.split(x_BxLxHxD.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin],
@@ -109,6 +113,39 @@ class SelfAttention(nnx.Module):
                             global_mask=global_mask, global_qkv=global_qkv,
                             dropout_rate=dropout_rate, dropout_rng=dropout_rng)
     return self.out(out_BxLxHxD)
+
+  def _decoding_options(self) -> dict:
+    """The window options of a causal windowed mechanism, or a ConfigError."""
+    options = dict(self.core.options)
+    if self.core.uses_global or not options.get("causal") or "window" not in options:
+      raise errors.ConfigError(
+          f"decoding with a rolling cache needs causal window attention (e.g. 'local' with "
+          f"causal=True), got {self.core.name!r} with {options}")
+    return options
+
+  def init_cache(self, batch: int) -> dict:
+    """An empty rolling cache of this layer's keys and values (`attention.decoding`)."""
+    options = self._decoding_options()
+    size = decoding.cache_size(options["window"], options["dilation"], self.num_heads)
+    kv_heads, head_dim = self.key.out_features
+    return decoding.init_cache(batch, size, kv_heads, head_dim, self.key.dtype or jnp.float32)
+
+  def decode(self, x_BxTxE, cache: dict, position):
+    """Attends `T` new positions `position ..` over the cache; returns `[batch, T, features]`
+    and the cache with their keys and values (inference: no dropout)."""
+    options = self._decoding_options()
+    q, k, v = self.query(x_BxTxE), self.key(x_BxTxE), self.value(x_BxTxE)
+    if self.rotary_positions:
+      q, k = rotary(q, position), rotary(k, position)
+    if x_BxTxE.shape[1] == 1:
+      out, cache = decoding.attend_step(q, k, v, cache, position, window=options["window"],
+                                        dilation=options["dilation"])
+    else:
+      out, cache = decoding.attend_chunk(q, k, v, cache, position, window=options["window"],
+                                         dilation=options["dilation"],
+                                         block_size=options.get("block_size"),
+                                         implementation=options.get("implementation"))
+    return self.out(out), cache
 
 
 def _real_tokens(mask, batch_shape: tuple[int, ...], length: int):

@@ -88,6 +88,13 @@ class EncoderBlock(nnx.Module):
     y = self.mlp(self.mlp_norm(x), deterministic=deterministic, rngs=rngs)
     return x + self.dropout(y, deterministic=deterministic, rngs=rngs)
 
+  def decode(self, x, cache: dict, position):
+    """The block on `T` new positions `position ..`, attending over the rolling cache of a
+    causal window (`SelfAttention.decode`); returns them and the updated cache."""
+    y, cache = self.attention.decode(self.attention_norm(x), cache, position)
+    x = x + y
+    return x + self.mlp(self.mlp_norm(x), deterministic=True, rngs=None), cache
+
 
 class Encoder(nnx.Module):
   """Token + position embedding, pre-LN blocks, final LayerNorm.
@@ -127,16 +134,35 @@ class Encoder(nnx.Module):
   def embed_tokens(self, tokens_BxL):
     return self.embed(tokens_BxL)
 
+  def _add_positions(self, x_BxLxE, start=0):
+    """The embeddings with the position table's rows `start ..` added (rotary: none)."""
+    if self.positions is None:
+      return x_BxLxE
+    length = x_BxLxE.shape[1]
+    if self.max_length is not None and length > self.max_length:
+      raise errors.ConfigError(
+          f"sequence of length {length} exceeds the model's max_length {self.max_length}")
+    rows = jax.lax.dynamic_slice_in_dim(self.positions[...], start, length)
+    return x_BxLxE + rows[None].astype(x_BxLxE.dtype)
+
+  def init_cache(self, batch: int) -> list[dict]:
+    """Empty rolling caches of every block (causal window attention only)."""
+    return [block.attention.init_cache(batch) for block in self.blocks]
+
+  def decode(self, x_BxTxE, caches: list[dict], position):
+    """Encodes `T` new positions `position ..` over the blocks' caches (inference); returns
+    the states `[batch, T, emb]` and the updated caches."""
+    x = self._add_positions(x_BxTxE, position)
+    updated = []
+    for block, cache in zip(self.blocks, caches):
+      x, cache = block.decode(x, cache, position)
+      updated.append(cache)
+    return self.final_norm(x), updated
+
   def __call__(self, x_BxLxE, *, padding_mask, global_mask=None, deterministic: bool = True,
                rngs=None):
     """Encodes embeddings `[batch, length, emb]` (see `embed_tokens`); same shape out."""
-    x = x_BxLxE
-    if self.positions is not None:
-      length = x.shape[1]
-      if length > self.max_length:
-        raise errors.ConfigError(
-            f"sequence of length {length} exceeds the model's max_length {self.max_length}")
-      x = x + self.positions[...][None, :length].astype(x.dtype)
+    x = self._add_positions(x_BxLxE)
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     for block in self.blocks:
       x = block(x, padding_mask=padding_mask, global_mask=global_mask,

@@ -71,6 +71,21 @@ class CausalLM(nnx.Module):
     return self.logits_from_embeddings(self.encoder.embed_tokens(tokens_BxL),
                                        deterministic=deterministic, rngs=rngs)
 
+  def init_cache(self, batch: int) -> dict:
+    """An empty decoding state: every layer's rolling cache of its last `window x
+    max(dilation) + 1` keys and values, and the next position."""
+    return {"position": jnp.zeros((), jnp.int32), "layers": self.encoder.init_cache(batch)}
+
+  def decode(self, tokens_BxT, cache: dict):
+    """Next-token logits `[batch, T, vocab]` of `T` new tokens that continue the text the
+    cache has seen (a prompt chunk, or one token), and the updated cache. The logits equal
+    the full forward's at those positions; the cache's size does not grow."""
+    position = cache["position"]
+    x = self.encoder.embed_tokens(tokens_BxT)
+    h, layers = self.encoder.decode(x, cache["layers"], position)
+    logits = self.head(h).astype(jnp.float32)
+    return logits, {"position": position + tokens_BxT.shape[1], "layers": layers}
+
   def metrics(self, batch, *, deterministic: bool, rngs):
     """Summed cross-entropy (nats) and bits over the scored predictions, and their count."""
     logits = self(batch["inputs"], deterministic=deterministic, rngs=rngs)
