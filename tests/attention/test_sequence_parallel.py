@@ -56,28 +56,40 @@ def assert_all_close(actual, expected, tol=cases.F32_TOL):
     np.testing.assert_allclose(grad, want, **tol)
 
 
-# (shards, length, window, dilation, causal, padding, block_size); 4 heads of 8.
+# (shards, length, window, dilation, causal, padding, block_size, kv_heads, packed); 4 query
+# heads of 8; packed: uneven segments whose ids travel with the halos.
 SLIDING_CASES = [
-    (2, 64, 4, 1, False, True, 8),
-    (4, 50, 3, (1, 1, 2, 2), False, True, 8),  # 50 is no multiple of 4, nor of 4 * 8
-    (4, 64, 4, (1, 3, 1, 3), True, False, None),  # per-head dilation, not grouped, causal
-    (2, 37, 5, 2, True, True, 4),
-    (4, 32, 4, 2, False, True, 4),  # the halo is exactly one shard
-    (2, 37, 30, 1, False, True, None),  # a window wider than a shard: the whole neighbour
-    (4, 32, 3, 3, False, True, 4),  # a halo of 9 over shards of 8: two hops
-    (4, 30, 10, 1, True, False, None),  # causal, two hops, 30 no multiple of 4
-    (4, 26, 9, (1, 1, 2, 2), False, True, None),  # shards of 7, a halo of 18: three hops
-    (1, 20, 3, 1, True, False, None),
+    (2, 64, 4, 1, False, True, 8, 4, False),
+    (4, 50, 3, (1, 1, 2, 2), False, True, 8, 2, True),  # 50 is no multiple of 4, nor of 32
+    (4, 64, 4, (1, 3, 1, 3), True, False, None, 4, False),  # dilation per head, not grouped
+    (2, 37, 5, 2, True, True, 4, 1, True),
+    (4, 32, 4, 2, False, True, 4, 4, False),  # the halo is exactly one shard
+    (2, 37, 30, 1, False, True, None, 4, False),  # a window wider than a shard
+    (4, 32, 3, 3, False, True, 4, 4, True),  # a halo of 9 over shards of 8: two hops
+    (4, 30, 10, 1, True, False, None, 4, False),  # causal, two hops, 30 no multiple of 4
+    (4, 26, 9, (1, 1, 2, 2), False, True, None, 4, False),  # shards of 7, halo 18: 3 hops
+    (1, 20, 3, 1, True, False, None, 4, False),
 ]
 
 
-@pytest.mark.parametrize("shards,length,window,dilation,causal,padding,block_size",
-                         SLIDING_CASES)
+def _inputs(seed, batch, length, kv_heads, count=3):
+  """q (and global_q) with 4 heads, k and v (and global_k, global_v) with `kv_heads`."""
+  queries = cases.random_qkv(seed, batch, length, 4, 8, count=count // 3)
+  keys = cases.random_kv(seed, batch, length, kv_heads, 8, count=2 * (count // 3))
+  if count == 3:
+    return [queries[0], *keys]
+  return [queries[0], *keys[:2], queries[1], *keys[2:]]
+
+
+@pytest.mark.parametrize("shards,length,window,dilation,causal,padding,block_size,kv_heads,"
+                         "packed", SLIDING_CASES)
 def test_sliding_equals_unsharded_and_oracle(shards, length, window, dilation, causal,
-                                             padding, block_size):
-  inputs = cases.random_qkv(shards, 3, length, 4, 8)
+                                             padding, block_size, kv_heads, packed):
+  inputs = _inputs(shards, 3, length, kv_heads)
   padding_mask = right_padding(length, empty_row=True) if padding else None
-  options = dict(window=window, dilation=dilation, causal=causal, padding_mask=padding_mask)
+  segment_ids = cases.segments(shards, 3, length) if packed else None
+  options = dict(window=window, dilation=dilation, causal=causal, padding_mask=padding_mask,
+                 segment_ids=segment_ids)
   sharded = outputs_and_grads(
       functools.partial(sequence_parallel.sharded_sliding_window_attention,
                         sequence_axis=AXIS, block_size=block_size, **options),
@@ -86,31 +98,34 @@ def test_sliding_equals_unsharded_and_oracle(shards, length, window, dilation, c
       functools.partial(attention.sliding_window_attention, block_size=block_size, **options),
       inputs)
   mask = reference.pattern_mask(length, window=window, dilation=dilation, causal=causal,
-                                num_heads=4, padding_mask=padding_mask)
+                                num_heads=4, padding_mask=padding_mask,
+                                segment_ids=segment_ids)
   oracle = outputs_and_grads(functools.partial(reference.dense_attention, mask=mask), inputs)
   assert_all_close(sharded, unsharded)
   assert_all_close(sharded, oracle)
 
 
-# (shards, length, window, dilation, global kind, separate global q/k/v, padding).
+# (shards, length, window, dilation, global kind, separate global q/k/v, padding, kv_heads,
+#  packed).
 LONGFORMER_CASES = [
-    (2, 64, 4, 1, "first", True, True),
-    (4, 50, 3, (1, 1, 2, 2), "per_row", False, True),
-    (4, 64, 2, 2, "scattered", True, False),
-    (4, 48, 3, 1, "none", False, True),
-    (4, 24, 5, (1, 1, 2, 2), "scattered", True, True),  # a halo of 10 over shards of 6
+    (2, 64, 4, 1, "first", True, True, 4, False),
+    (4, 50, 3, (1, 1, 2, 2), "per_row", False, True, 2, True),
+    (4, 64, 2, 2, "scattered", True, False, 1, True),
+    (4, 48, 3, 1, "none", False, True, 4, False),
+    (4, 24, 5, (1, 1, 2, 2), "scattered", True, True, 4, True),  # halo 10 over shards of 6
 ]
 
 
-@pytest.mark.parametrize("shards,length,window,dilation,kind,projections,padding",
-                         LONGFORMER_CASES)
+@pytest.mark.parametrize("shards,length,window,dilation,kind,projections,padding,kv_heads,"
+                         "packed", LONGFORMER_CASES)
 def test_longformer_equals_unsharded_and_oracle(shards, length, window, dilation, kind,
-                                                projections, padding):
-  inputs = cases.random_qkv(shards, 2, length, 4, 8, count=6 if projections else 3)
+                                                projections, padding, kv_heads, packed):
+  inputs = _inputs(shards, 2, length, kv_heads, count=6 if projections else 3)
   padding_mask = right_padding(length, empty_row=False) if padding else None
   global_mask = cases.global_tokens(kind, length, 2, length)
   options = dict(window=window, dilation=dilation, global_mask=global_mask,
-                 padding_mask=padding_mask)
+                 padding_mask=padding_mask,
+                 segment_ids=cases.segments(length, 2, length) if packed else None)
 
   def with_globals(fn):
     def call(q, k, v, *global_qkv):
