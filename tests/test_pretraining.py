@@ -322,7 +322,7 @@ def test_pretrain_none_trains_as_a_config_without_pretraining(tmp_path):
     ("mask_rate", 1.5, "config.pretrain.mask_rate must be in (0, 1)"),
     ("mean_span", 0.5, "config.pretrain.mean_span must be >= 1"),
     ("num_steps", 0, "config.pretrain.num_steps must be > 0"),
-    ("schedule", "linear", "config.pretrain.schedule must be one of"),
+    ("schedule", "exponential", "config.pretrain.schedule must be one of rsqrt, cosine"),
     ("batch_size", 3, "config.pretrain.batch_size=3 does not divide over the 4 devices"),
 ])
 def test_bad_pretrain_values_are_one_config_error(tmp_path, field, value, message):
