@@ -4,9 +4,18 @@
 `checkpoints/` keeps the last two training checkpoints (train state, data iterator and the
 progress of the loop); `best/` keeps the parameters of the best validation score. A damaged
 best checkpoint is replaced by the training checkpoint of the same step where there is one.
+
+Orbax runs each restore in an event loop of its own and closes it as soon as one read
+fails, which would leave the other reads of the checkpoint pending, to report their errors
+(or be destroyed unawaited) on the terminal long after the run's result. Restores here run
+under `pending_reads_awaited`: the loop awaits them before it closes, and their errors go to
+the standard logger of this module (the log file of an entry point, not its terminal).
 """
 
+import asyncio
+import contextlib
 import json
+import logging as std_logging
 import os
 from typing import Any
 
@@ -15,6 +24,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from lra import errors
+
+_DETAILS = std_logging.getLogger(__name__)
 
 
 def write_json(path: str, value) -> None:
@@ -79,6 +90,37 @@ def first_line(error: Exception) -> str:
   return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no details'}"
 
 
+class _AwaitingLoop(asyncio.SelectorEventLoop):
+  """An event loop that awaits the tasks still pending on it before it closes."""
+
+  def close(self):
+    pending = asyncio.all_tasks(self)
+    if pending and not self.is_running() and not self.is_closed():
+      outcomes = self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+      for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+          _DETAILS.info("a read left pending by a failed restore: %s", first_line(outcome))
+    super().close()
+
+
+class _AwaitingPolicy(asyncio.DefaultEventLoopPolicy):
+
+  def new_event_loop(self):
+    return _AwaitingLoop()
+
+
+@contextlib.contextmanager
+def pending_reads_awaited():
+  """Within it, an event loop made by `asyncio.new_event_loop` (as orbax makes one for a
+  restore) awaits the tasks still pending on it before it closes, and logs their errors."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_AwaitingPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
+
+
 class Checkpoints:
   """Orbax managers: `checkpoints/` (state + data iterator + progress) and `best/` (params)."""
 
@@ -102,10 +144,11 @@ class Checkpoints:
     if step is None:
       return None
     try:
-      restored = self.latest.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(state),
-          data=grain.checkpoint.CheckpointRestore(data_iterator),
-          progress=ocp.args.JsonRestore()))
+      with pending_reads_awaited():
+        restored = self.latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator),
+            progress=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types for unreadable files
       raise errors.CheckpointError(
           f"the checkpoint {self.latest.directory / str(step)} cannot be restored "
@@ -130,13 +173,15 @@ class Checkpoints:
       return int(state["step"]), state["params"]
     path = self.best.directory / str(step)
     try:
-      return step, self.best.restore(step, args=ocp.args.StandardRestore(state["params"]))
+      with pending_reads_awaited():
+        return step, self.best.restore(step, args=ocp.args.StandardRestore(state["params"]))
     except Exception as e:  # orbax raises many types for unreadable files
       damage = e
     if step in self.latest.all_steps():
       try:
-        restored = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(state)))
+        with pending_reads_awaited():
+          restored = self.latest.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(state)))
       except Exception:  # the same damage there: the error below names the best one
         logging.exception("the training checkpoint of step %d cannot be restored either", step)
       else:
