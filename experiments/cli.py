@@ -83,13 +83,19 @@ def _config_flag_values(argv: list[str]) -> dict[str, str]:
   return values
 
 
+def _is_config_file(path: str) -> bool:
+  """Whether `path` defines `get_config` (a config, not a module of helpers)."""
+  with open(path) as f:
+    return "def get_config" in f.read()
+
+
 def _missing_config_file(name: str, value: str) -> str | None:
   """The message for a `--name=path[:arg]` whose file does not exist, else None."""
   path = value.partition(":")[0]
   if os.path.isfile(path):
     return None
   folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
-  choices = sorted(glob.glob(os.path.join(folder, "*.py"))) if os.path.isdir(folder) else []
+  choices = sorted(filter(_is_config_file, glob.glob(os.path.join(folder, "*.py"))))
   where = (f"the config files in {folder.rstrip('/')}/ are: {', '.join(choices)}" if choices
            else f"paths are relative to the current folder, {os.getcwd()}")
   problem = "is a folder, not a config file" if os.path.isdir(path) else "not found"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lra import config_utils
+from configs import common as config_common
 from lra import data as lra_data
 from lra import errors
 from lra import optimizers
@@ -26,7 +26,7 @@ from tests.entry_points import launch
 
 
 def _config(data_path):
-  config = config_utils.load_config(os.path.join(REPO, "configs/enwik8.py:size=tiny"))
+  config = config_common.load_config(os.path.join(REPO, "configs/enwik8.py:size=tiny"))
   with config.unlocked():
     config.data_path = data_path
     config.data.format = "text"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lra import config_utils
+from configs import common as config_common
 from lra import data as lra_data
 from lra import errors
 from lra import models
@@ -31,7 +31,7 @@ SPEC = os.path.join(REPO, "configs", "imdb_longformer.py")
 
 
 def tiny_config(data_path=None, init_from=CHECKPOINT, size="tiny", **fields):
-  config = config_utils.load_config(f"{SPEC}:size={size}")
+  config = config_common.load_config(f"{SPEC}:size={size}")
   with config.unlocked():
     config.init_from = init_from
     config.data_path = None if data_path is None else str(data_path)

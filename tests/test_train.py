@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from lra import config_utils
+from configs import common as config_common
 from lra import data as lra_data
 from lra import input_pipeline
 from lra import train
@@ -21,7 +21,7 @@ from tests.entry_points import launch
 
 
 def tiny_config(cache_dir, spec="configs/listops.py:attention=longformer,size=tiny", **fields):
-  config = config_utils.load_config(os.path.join(REPO, spec))
+  config = config_common.load_config(os.path.join(REPO, spec))
   with config.unlocked():
     config.data_cache_dir = str(cache_dir)
     config.update(fields)
