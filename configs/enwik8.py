@@ -26,8 +26,78 @@ multiplicative; see lra/models/lm.py). size=small is a CPU run of about 10 minut
 Expected (Longformer Table 2): 1.00 test BPC (dev 1.02).
 """
 
-from lra import config_utils
+import ml_collections
+
+from configs import common
+from configs.common import Preset
+
+# Character-level LM scales (Longformer §4 and App. B for `paper`: its small model).
+# Windows are one-sided and causal (each position sees `w` earlier ones) and grow with depth;
+# `layer_dilation` applies to the last `dilated_heads` heads of each layer (1 = none).
+# The paper's phase-1 windows: 32 at the bottom to 512 at the top, geometric in between.
+_PAPER_WINDOWS = tuple(round(32 * 16 ** (layer / 11)) for layer in range(12))
+PRESETS = {
+    "paper": Preset(
+        model=dict(num_layers=12, emb_dim=512, num_heads=8, mlp_dim=2048,
+                   windows=_PAPER_WINDOWS, layer_dilation=(1,) * 6 + (2, 2, 3, 3, 4, 4),
+                   dilated_heads=2, dropout_rate=0.2),
+        phases=dict(steps=(430_000, 50_000, 50_000, 35_000, 5_000),
+                    seq_length=(2048, 4096, 8192, 16384, 23040),
+                    batch_size=(32, 32, 16, 16, 16), window_scale=(1, 2, 4, 8, 16),
+                    learning_rate=(2.5e-4, 1.25e-4, 6.25e-5, 3.125e-5, 1.5625e-5),
+                    warmup_steps=(10_000, 5_000, 5_000, 3_500, 500)),
+        evaluation=dict(length=32256, step=512, scored_length=512, max_chars=0),
+        eval_batch=4, log_every=100, eval_every=10_000, checkpoint_every=5_000),
+    "small": Preset(
+        model=dict(num_layers=4, emb_dim=128, num_heads=4, mlp_dim=512, windows=(16, 32, 48, 64),
+                   layer_dilation=(1, 1, 2, 2), dilated_heads=1, dropout_rate=0.0),
+        phases=dict(steps=(400, 150), seq_length=(256, 512), batch_size=(16, 8),
+                    window_scale=(1, 2), learning_rate=(2e-3, 1e-3), warmup_steps=(40, 15)),
+        evaluation=dict(length=512, step=256, scored_length=256, max_chars=100_000),
+        eval_batch=32, log_every=25, eval_every=200, checkpoint_every=100),
+    "tiny": Preset(
+        model=dict(num_layers=2, emb_dim=32, num_heads=2, mlp_dim=64, windows=(4, 8),
+                   layer_dilation=(1, 2), dilated_heads=1, dropout_rate=0.0),
+        phases=dict(steps=(3, 3), seq_length=(16, 32), batch_size=(4, 2), window_scale=(1, 2),
+                    learning_rate=(1e-3, 5e-4), warmup_steps=(1, 1)),
+        evaluation=dict(length=32, step=16, scored_length=16, max_chars=400),
+        eval_batch=4, log_every=1, eval_every=3, checkpoint_every=3),
+}
+
+
+def charlm_config(data_format: str, arg: str | None) -> ml_collections.ConfigDict:
+  """A character-level LM config of `data_format` (enwik8 | text8 | text): `arg` takes
+  size=paper|small|tiny."""
+  args = common.parse_arg(arg, size="paper")
+  config = common.base_config("charlm", args.size, PRESETS[args.size])
+  del config["batch_size"]  # per phase: phases.batch_size
+  config.data.format = data_format  # enwik8 | text8 | text (any file); all split 90/5/5
+
+  config.model.kind = "causal_lm"
+  # model.windows: one-sided causal window per layer (phase 1); model.layer_dilation: the
+  # dilation per layer (1 = none), of its last model.dilated_heads heads.
+  config.model.window_scale = 1  # multiplies the windows; set per phase by the trainer
+  config.model.attention_dropout_rate = 0.0
+  config.model.pos_emb = "rotary"  # relative positions, any length: see lra/models/lm.py
+  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  config.attention = ml_collections.ConfigDict({"name": "local"})  # causal, per layer: model.*
+
+  # Staged training: one entry per phase. Each phase trains `steps` steps on crops of
+  # `seq_length` with `batch_size`, windows x `window_scale`, and `learning_rate` after a
+  # linear warmup of `warmup_steps`.
+  config.phases = ml_collections.ConfigDict(PRESETS[args.size].phases)
+  config.num_train_steps = common.computed(sum, config.phases.get_ref("steps"), field_type=int)
+  # Bits per character over windows of `length`, `step` apart, each scoring its last
+  # `scored_length` predictions (the first window scores all); max_chars > 0 evaluates only
+  # the first max_chars characters of a split.
+  config.evaluation = ml_collections.ConfigDict(PRESETS[args.size].evaluation)
+
+  config.optimizer.schedule = "phases"  # learning rates and warmups: config.phases
+  del config.optimizer["learning_rate"], config.optimizer["warmup_steps"]
+  config.optimizer.weight_decay = 0.01
+  config.optimizer.grad_clip = 0.25
+  return config
 
 
 def get_config(arg=None):
-  return config_utils.charlm_config("enwik8", arg)
+  return charlm_config("enwik8", arg)

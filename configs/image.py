@@ -16,24 +16,26 @@ value v is token v + 1: a black pixel is a real token, never padding (LRA masked
 LRA Table 1: 42.44% (Transformer), 42.22% (Longformer).
 """
 
-from lra import config_utils
-from lra.config_utils import Preset
+from configs import common
+from configs.common import Preset
 
 
 def get_config(arg=None):
-  return config_utils.classification_config(
+  return common.classification_config(
       "image", arg, pos_emb="learned", schedule="cosine", weight_decay=0.0,
       dropout_rate=0.3, attention_dropout_rate=0.2,
       presets={
-          "paper": Preset(layers=1, width=128, heads=8, mlp=128, max_length=1024,
-                          window=256, batch=256, steps=35000, warmup=175,
-                          learning_rate=5e-4, log_every=100, eval_every=175,
-                          checkpoint_every=1750),
-          "small": Preset(layers=1, width=64, heads=4, mlp=128, max_length=1024, window=64,
-                          batch=64, steps=1000, warmup=100, learning_rate=1e-3,
-                          log_every=50, eval_every=200, checkpoint_every=200),
-          "tiny": Preset(layers=1, width=32, heads=2, mlp=64, max_length=1024, window=8,
-                         batch=8, steps=4, warmup=2, learning_rate=1e-3, log_every=1,
-                         eval_every=2, checkpoint_every=2),
+          "paper": Preset(
+              model=dict(num_layers=1, emb_dim=128, num_heads=8, mlp_dim=128), max_length=1024,
+              window=256, batch=256, steps=35000, warmup=175, learning_rate=5e-4,
+              log_every=100, eval_every=175, checkpoint_every=1750),
+          "small": Preset(
+              model=dict(num_layers=1, emb_dim=64, num_heads=4, mlp_dim=128), max_length=1024,
+              window=64, batch=64, steps=1000, warmup=100, learning_rate=1e-3, log_every=50,
+              eval_every=200, checkpoint_every=200),
+          "tiny": Preset(
+              model=dict(num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64), max_length=1024,
+              window=8, batch=8, steps=4, warmup=2, learning_rate=1e-3, log_every=1,
+              eval_every=2, checkpoint_every=2),
       },
       val_fraction=0.1)  # share of the 50k train images held out for validation

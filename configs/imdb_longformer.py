@@ -38,25 +38,25 @@ size=tiny: a few steps, for tests.
 import ml_collections
 from ml_collections import config_dict
 
-from lra import config_utils
+from configs import common
+from configs.common import Preset
 
-# (max_length, batch, steps, learning rate, log / eval / checkpoint intervals)
-_PRESETS = {
+# max_length: BPE ids per review, <s> and </s> included. No model: the checkpoint's.
+PRESETS = {
     # 15 epochs of 22500 train reviews: ceil(15 * 22500 / 32).
-    "paper": dict(max_length=4096, batch=32, steps=10547, learning_rate=3e-5, log_every=50,
-                  eval_every=700, checkpoint_every=700),
+    "paper": Preset(max_length=4096, batch=32, steps=10547, learning_rate=3e-5, log_every=50,
+                    eval_every=700, checkpoint_every=700),
     # 62 = the tiny fixture's 64 positions less RoBERTa's offset of pad_token_id + 1.
-    "small": dict(max_length=62, batch=8, steps=200, learning_rate=1e-3, log_every=10,
-                  eval_every=50, checkpoint_every=50),
-    "tiny": dict(max_length=32, batch=4, steps=4, learning_rate=1e-3, log_every=1,
-                 eval_every=2, checkpoint_every=2),
+    "small": Preset(max_length=62, batch=8, steps=200, learning_rate=1e-3, log_every=10,
+                    eval_every=50, checkpoint_every=50),
+    "tiny": Preset(max_length=32, batch=4, steps=4, learning_rate=1e-3, log_every=1,
+                   eval_every=2, checkpoint_every=2),
 }
 
 
 def get_config(arg=None):
-  args = config_utils.parse_arg(arg, size="paper")
-  preset = _PRESETS[args.size]
-  config = config_utils.base_config("text", args)
+  args = common.parse_arg(arg, size="paper")
+  config = common.base_config("text", args.size, PRESETS[args.size])
   # The HuggingFace Longformer folder: config.json, model.safetensors, vocab.json,
   # merges.txt. Required.
   config.init_from = config_dict.placeholder(str)
@@ -64,7 +64,6 @@ def get_config(arg=None):
   config.data.tokenizer = "bpe"  # bytes | bpe (lra/data/text.py)
   # vocab.json and merges.txt; follows init_from.
   config.data.tokenizer_path = config.get_ref("init_from").identity()
-  config.data.max_length = preset["max_length"]  # BPE ids per review, <s> and </s> included
   config.data.val_fraction = 0.1  # share of the train reviews held out for validation
 
   config.model.kind = "pretrained_longformer"  # lra/models/longformer_classifier.py
@@ -77,16 +76,9 @@ def get_config(arg=None):
       "implementation": config_dict.placeholder(str),  # xla | pallas; None: the backend's
   })
 
-  config.batch_size = preset["batch"]
-  config.eval_batch_size = config.get_ref("batch_size").identity()  # follows batch_size
-  config.num_train_steps = preset["steps"]
-  config.log_every_steps = preset["log_every"]
-  config.eval_every_steps = preset["eval_every"]
-  config.checkpoint_every_steps = preset["checkpoint_every"]
-  config.optimizer.learning_rate = preset["learning_rate"]
   config.optimizer.schedule = "linear"
   # 10% of the steps; follows num_train_steps.
-  config.optimizer.warmup_steps = config_utils.computed(
+  config.optimizer.warmup_steps = common.computed(
       lambda steps: round(0.1 * steps), config.get_ref("num_train_steps"), field_type=int)
   config.optimizer.weight_decay = 0.0
   config.optimizer.grad_clip = 1.0

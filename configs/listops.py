@@ -24,22 +24,26 @@ size=small trains in under 10 minutes on 2 CPU cores on the generated small spli
 (20k/1k/1k expressions of 100-512 tokens, depth 6); docs/results.md reports what it reaches.
 """
 
-from lra import config_utils
-from lra.config_utils import Preset
+from configs import common
+from configs.common import Preset
 
 
 def get_config(arg=None):
-  return config_utils.classification_config(
+  return common.classification_config(
       "listops", arg,
       presets={
-          "paper": Preset(layers=4, width=512, heads=8, mlp=1024, max_length=2000, window=256, batch=32,
-                          steps=5000, warmup=1000, learning_rate=0.05 / 1000 ** 0.5,
-                          log_every=50, eval_every=250, checkpoint_every=500),
-          "small": Preset(layers=2, width=64, heads=4, mlp=128, max_length=512, window=32, batch=32,
-                          steps=1100, warmup=150, learning_rate=3e-3, log_every=50,
-                          eval_every=200, checkpoint_every=200),
-          "tiny": Preset(layers=1, width=32, heads=2, mlp=64, max_length=128, window=8, batch=8, steps=6,
-                         warmup=2, learning_rate=1e-3, log_every=1, eval_every=3,
-                         checkpoint_every=2),
+          "paper": Preset(
+              model=dict(num_layers=4, emb_dim=512, num_heads=8, mlp_dim=1024),
+              max_length=2000, window=256, batch=32, steps=5000, warmup=1000,
+              learning_rate=0.05 / 1000 ** 0.5, log_every=50, eval_every=250,
+              checkpoint_every=500),
+          "small": Preset(
+              model=dict(num_layers=2, emb_dim=64, num_heads=4, mlp_dim=128), max_length=512,
+              window=32, batch=32, steps=1100, warmup=150, learning_rate=3e-3, log_every=50,
+              eval_every=200, checkpoint_every=200),
+          "tiny": Preset(
+              model=dict(num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64), max_length=128,
+              window=8, batch=8, steps=6, warmup=2, learning_rate=1e-3, log_every=1,
+              eval_every=3, checkpoint_every=2),
       },
       generator_seed=0)  # seed of the generated dataset (data_path unset)

@@ -30,23 +30,26 @@ attention=local 88.8% test in 31 min, attention=longformer 59.4% in 38 min; when
 leaves chance depends on the seed by more than the 1500 steps (docs/results.md).
 """
 
-from lra import config_utils
-from lra.config_utils import Preset
+from configs import common
+from configs.common import Preset
 
 
 def get_config(arg=None):
-  config = config_utils.classification_config(
+  config = common.classification_config(
       "pathfinder", arg, pooling="mean", schedule="cosine", weight_decay=0.0,
       presets={
-          "paper": Preset(layers=4, width=32, heads=4, mlp=32, max_length=None, window=256,
-                          batch=512, steps=62400, warmup=312, learning_rate=1e-3,
-                          log_every=100, eval_every=312, checkpoint_every=3120),
-          "small": Preset(layers=4, width=64, heads=2, mlp=128, max_length=None, window=64,
-                          batch=32, steps=1500, warmup=100, learning_rate=1e-3,
-                          log_every=50, eval_every=250, checkpoint_every=250),
-          "tiny": Preset(layers=1, width=16, heads=2, mlp=32, max_length=None, window=8,
-                         batch=8, steps=4, warmup=2, learning_rate=1e-3, log_every=1,
-                         eval_every=2, checkpoint_every=2),
+          "paper": Preset(
+              model=dict(num_layers=4, emb_dim=32, num_heads=4, mlp_dim=32), window=256,
+              batch=512, steps=62400, warmup=312, learning_rate=1e-3, log_every=100,
+              eval_every=312, checkpoint_every=3120),
+          "small": Preset(
+              model=dict(num_layers=4, emb_dim=64, num_heads=2, mlp_dim=128), window=64,
+              batch=32, steps=1500, warmup=100, learning_rate=1e-3, log_every=50,
+              eval_every=250, checkpoint_every=250),
+          "tiny": Preset(
+              model=dict(num_layers=1, emb_dim=16, num_heads=2, mlp_dim=32), window=8, batch=8,
+              steps=4, warmup=2, learning_rate=1e-3, log_every=1, eval_every=2,
+              checkpoint_every=2),
       },
       resolution=32,  # image side; the sequence length is its square
       difficulty="hard",  # easy | intermediate | hard (curv_contour_length_14)

@@ -17,24 +17,27 @@ model in LRA Table 1 FAILs Path-X (chance, 50%). size=tiny runs at 32x32 pixels:
 the pipeline, not the task (full attention at 16384 does not fit a test machine).
 """
 
-from lra import config_utils
-from lra.config_utils import Preset
+from configs import common
+from configs.common import Preset
 
 
 def get_config(arg=None):
-  config = config_utils.classification_config(
+  config = common.classification_config(
       "pathfinder", arg, pooling="mean", pos_emb="learned", schedule="cosine",
       weight_decay=0.0, grad_clip=1.0,
       presets={
-          "paper": Preset(layers=1, width=32, heads=2, mlp=32, max_length=None, window=256,
-                          batch=64, steps=50000, warmup=312, learning_rate=1e-3,
-                          log_every=100, eval_every=2500, checkpoint_every=2500),
-          "small": Preset(layers=1, width=32, heads=2, mlp=64, max_length=None, window=64,
-                          batch=8, steps=500, warmup=50, learning_rate=1e-3, log_every=25,
-                          eval_every=100, checkpoint_every=100),
-          "tiny": Preset(layers=1, width=16, heads=2, mlp=32, max_length=None, window=8,
-                         batch=8, steps=4, warmup=2, learning_rate=1e-3, log_every=1,
-                         eval_every=2, checkpoint_every=2),
+          "paper": Preset(
+              model=dict(num_layers=1, emb_dim=32, num_heads=2, mlp_dim=32), window=256,
+              batch=64, steps=50000, warmup=312, learning_rate=1e-3, log_every=100,
+              eval_every=2500, checkpoint_every=2500),
+          "small": Preset(
+              model=dict(num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64), window=64,
+              batch=8, steps=500, warmup=50, learning_rate=1e-3, log_every=25,
+              eval_every=100, checkpoint_every=100),
+          "tiny": Preset(
+              model=dict(num_layers=1, emb_dim=16, num_heads=2, mlp_dim=32), window=8, batch=8,
+              steps=4, warmup=2, learning_rate=1e-3, log_every=1, eval_every=2,
+              checkpoint_every=2),
       },
       resolution=128,  # image side; the sequence length is its square
       difficulty="hard",  # easy | intermediate | hard (curv_contour_length_14)

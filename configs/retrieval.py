@@ -17,18 +17,19 @@ concatenated only [e1, e2] and its retrieval trainer has been broken since 2021)
 Table 1: 57.46% (Transformer), 56.89% (Longformer).
 """
 
-from lra import config_utils
-from lra.config_utils import Preset
+from configs import common
+from configs.common import Preset
 
 
 def get_config(arg=None):
-  return config_utils.classification_config(
+  return common.classification_config(
       "retrieval", arg, kind="dual_encoder",
       presets={
-          "paper": Preset(layers=4, width=128, heads=4, mlp=512, max_length=4000,
-                          window=256, batch=32, steps=5000, warmup=8000,
-                          learning_rate=0.05 / 8000 ** 0.5, log_every=100, eval_every=500,
-                          checkpoint_every=500),
-          "small": config_utils.BYTE_TASK_SMALL,
-          "tiny": config_utils.BYTE_TASK_TINY,
+          "paper": Preset(
+              model=dict(num_layers=4, emb_dim=128, num_heads=4, mlp_dim=512), max_length=4000,
+              window=256, batch=32, steps=5000, warmup=8000,
+              learning_rate=0.05 / 8000 ** 0.5, log_every=100, eval_every=500,
+              checkpoint_every=500),
+          "small": common.BYTE_TASK_SMALL,
+          "tiny": common.BYTE_TASK_TINY,
       })

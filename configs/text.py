@@ -16,19 +16,20 @@ best checkpoint is chosen without looking at test. LRA Table 1: 64.27% (Transfor
 62.85% (Longformer).
 """
 
-from lra import config_utils
-from lra.config_utils import Preset
+from configs import common
+from configs.common import Preset
 
 
 def get_config(arg=None):
-  return config_utils.classification_config(
+  return common.classification_config(
       "text", arg,
       presets={
-          "paper": Preset(layers=6, width=512, heads=8, mlp=2048, max_length=4000,
-                          window=256, batch=32, steps=20000, warmup=8000,
-                          learning_rate=0.05 / 8000 ** 0.5, log_every=100, eval_every=1000,
-                          checkpoint_every=1000),
-          "small": config_utils.BYTE_TASK_SMALL,
-          "tiny": config_utils.BYTE_TASK_TINY,
+          "paper": Preset(
+              model=dict(num_layers=6, emb_dim=512, num_heads=8, mlp_dim=2048), max_length=4000,
+              window=256, batch=32, steps=20000, warmup=8000,
+              learning_rate=0.05 / 8000 ** 0.5, log_every=100, eval_every=1000,
+              checkpoint_every=1000),
+          "small": common.BYTE_TASK_SMALL,
+          "tiny": common.BYTE_TASK_TINY,
       },
       val_fraction=0.1)  # share of the train reviews held out for validation

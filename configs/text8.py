@@ -10,8 +10,8 @@ deviations from the paper are those of configs/enwik8.py (the paper trains the s
 model on both). Expected (Longformer Table 2): 1.10 test BPC (dev 1.04).
 """
 
-from lra import config_utils
+from configs import enwik8
 
 
 def get_config(arg=None):
-  return config_utils.charlm_config("text8", arg)
+  return enwik8.charlm_config("text8", arg)

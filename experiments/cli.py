@@ -8,10 +8,12 @@ the log file of `log_to_file`, and with `--verbosity` (any value) to stderr as w
 the line.
 
 Logging. After `log_to_file(path)`, every log record at absl's verbosity goes to `path`,
-while the terminal shows only the project's own records (those logged from the `lra` and
-`experiments` packages: INFO as the bare message on stdout, warnings and errors prefixed)
-and other libraries' warnings and errors (on stderr, in absl's format); other libraries'
-INFO lines (orbax, grain, jax) are in the file alone. `--verbosity` on the command line
+while the terminal shows only the project's own absl records (those logged with
+`absl.logging` from the `lra` and `experiments` packages: INFO as the bare message on
+stdout, warnings and errors prefixed) and other libraries' warnings and errors (on stderr,
+in absl's format); other libraries' INFO lines (orbax, grain, jax) and the project's
+details, logged with the standard `logging` module (such as the reads a failed restore left
+pending, `lra.checkpointing`), are in the file alone. `--verbosity` on the command line
 brings back absl's own terminal logging: every record at that verbosity, on stderr.
 """
 
@@ -81,13 +83,19 @@ def _config_flag_values(argv: list[str]) -> dict[str, str]:
   return values
 
 
+def _is_config_file(path: str) -> bool:
+  """Whether `path` defines `get_config` (a config, not a module of helpers)."""
+  with open(path) as f:
+    return "def get_config" in f.read()
+
+
 def _missing_config_file(name: str, value: str) -> str | None:
   """The message for a `--name=path[:arg]` whose file does not exist, else None."""
   path = value.partition(":")[0]
   if os.path.isfile(path):
     return None
   folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
-  choices = sorted(glob.glob(os.path.join(folder, "*.py"))) if os.path.isdir(folder) else []
+  choices = sorted(filter(_is_config_file, glob.glob(os.path.join(folder, "*.py"))))
   where = (f"the config files in {folder.rstrip('/')}/ are: {', '.join(choices)}" if choices
            else f"paths are relative to the current folder, {os.getcwd()}")
   problem = "is a folder, not a config file" if os.path.isdir(path) else "not found"
@@ -191,7 +199,7 @@ def log_to_file(path: str) -> None:
   absl_logging.get_absl_handler().addFilter(
       lambda record: not _is_project(record) and record.levelno >= logging.WARNING)
   terminal = logging.StreamHandler(sys.stdout)
-  terminal.addFilter(_is_project)
+  terminal.addFilter(lambda record: _is_project(record) and record.name == "absl")
   terminal.setFormatter(_ProjectFormatter())
   logging.root.addHandler(terminal)
 

@@ -38,12 +38,14 @@ import time
 
 from absl import flags
 
+from configs import common
 from experiments import cli
 from experiments import efficiency
 from experiments import harness
 from lra import attention
-from lra import config_utils
 from lra import errors
+from lra import pretraining
+from lra import train
 
 _CONFIG = flags.DEFINE_string(
     "config", None, "Task config file, e.g. configs/listops.py; arguments after ':' other "
@@ -51,12 +53,12 @@ _CONFIG = flags.DEFINE_string(
 _ATTENTION = flags.DEFINE_list("attention", None,
                                "Variants to compare: registry variants (default: every one, "
                                f"now {', '.join(attention.variants())}).")
-_SIZE = flags.DEFINE_enum("size", "small", config_utils.SIZES, "Size of every run.")
+_SIZE = flags.DEFINE_enum("size", "small", common.SIZES, "Size of every run.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Runs per variant, with config.seed 0, 1, ...",
                               lower_bound=1)
 _PRETRAIN = flags.DEFINE_list(
     "pretrain", ["none"], "Self-pretraining objectives to compare, each crossed with every "
-    f"variant: {', '.join(config_utils.PRETRAIN_OBJECTIVES)} (none: from scratch).")
+    f"variant: {', '.join(pretraining.OBJECTIVES)} (none: from scratch).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the runs and of the outputs.")
 _OVERRIDES = flags.DEFINE_multi_string(
     "override", [], "A config `field=value` for every run or measurement (repeatable), "
@@ -67,7 +69,7 @@ _EFFICIENCY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 cli.subset_of("attention", list(attention.variants()), "the registry's variants")
-cli.subset_of("pretrain", list(config_utils.PRETRAIN_OBJECTIVES), "the pretraining objectives")
+cli.subset_of("pretrain", list(pretraining.OBJECTIVES), "the pretraining objectives")
 flags.register_validator("override", lambda items: all("=" in item for item in items),
                          "must be field=value, e.g. data_cache_dir=/tmp/data")
 
@@ -109,7 +111,7 @@ def _variant_configs() -> dict[str, tuple[str, dict]]:
       spec = f"{path}:{','.join(filter(None, (arg, *extra)))}"
       # A config file that does not take these arguments fails here, in one line.
       configs[_label(variant, pretrain)] = spec, json.loads(
-          config_utils.load_config(spec).to_json_best_effort())
+          train.resolve(common.load_config(spec)).to_json_best_effort())
   return configs
 
 

@@ -39,7 +39,7 @@ def main(argv):
   print(f"{score.replace('_', ' ')}: {results[score]:.4f}{extra}")
   plotting.training_curves(os.path.join(workdir, "metrics.jsonl"),
                            os.path.join(workdir, "curves.png"),
-                           title=f"{config.task} / {config.attention.name}")
+                           title=f"{config.task} / {results['attention']}")
   print(f"results: {workdir}/results.json")
 
 

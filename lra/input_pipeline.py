@@ -19,7 +19,7 @@ from typing import Iterator
 import grain
 import numpy as np
 
-from lra.data import PAD_ID
+from lra.tokens import PAD_ID
 
 _MIN_BUCKET = 32
 # Batches drawn together and grouped by length; 1 would be a plain shuffle.

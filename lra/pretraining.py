@@ -7,7 +7,7 @@ denoising stage on the task's own training inputs before fine-tuning on its labe
     num_steps      optimizer steps of the pretraining stage (before `num_train_steps`)
     learning_rate  peak rate of the stage's own schedule
     warmup_steps   linear warmup of that schedule
-    schedule       rsqrt | cosine | constant (as `optimizer.schedule`)
+    schedule       a name of `lra.optimizers.SCHEDULES` (as `optimizer.schedule`)
     batch_size     sequences per pretraining step (a retrieval pair is two sequences)
     mask_rate      mlm: the share of each sequence's real tokens that is masked
     mean_span      mlm: 1 masks single tokens; > 1 masks spans of this mean length
@@ -34,6 +34,7 @@ head, a fresh optimizer state and its own schedule (`config.optimizer`); the tra
 import copy
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -42,11 +43,11 @@ from lra import attention as attention_lib
 from lra import data as lra_data
 from lra import errors
 from lra import input_pipeline
+from lra import optimizers
 from lra.tokens import PAD_ID
 
 OBJECTIVES = ("none", "mlm", "causal")
 MASK_TOKEN = "<mask>"
-SCHEDULES = ("rsqrt", "cosine", "constant")
 
 # Masked (or, causal, every real) tokens: loss and accuracy per predicted token. The stage
 # is neither validated nor tested: no selection is made from it and it has no baseline.
@@ -79,9 +80,9 @@ def check(config) -> None:
   if pretrain.learning_rate < 0:
     raise errors.ConfigError(
         f"config.pretrain.learning_rate must be >= 0, got {pretrain.learning_rate}")
-  if pretrain.schedule not in SCHEDULES:
+  if pretrain.schedule not in optimizers.SCHEDULES:
     raise errors.ConfigError(
-        f"config.pretrain.schedule must be one of {', '.join(SCHEDULES)}, got "
+        f"config.pretrain.schedule must be one of {', '.join(optimizers.SCHEDULES)}, got "
         f"{pretrain.schedule!r}")
   if name == "mlm":
     if not 0 < pretrain.mask_rate < 1:
@@ -230,6 +231,15 @@ def train_iterator(config, data: lra_data.TaskData):
   dataset = input_pipeline.train_dataset(pretraining_split(data),
                                          batch_size=config.batch_size, seed=config.seed)
   return iter(dataset.map_with_index(make).to_iter_dataset(input_pipeline.READ_OPTIONS))
+
+
+def fine_tuning_state(fresh: dict, pretrained_params: nnx.State) -> dict:
+  """The train state of fine-tuning at its first step: its own `fresh` state (`step`,
+  `params`, `opt_state`) with the pretrained encoder (`transplant`)."""
+  params = transplant(pretrained_params, fresh["params"])
+  # One buffer per leaf (a donated state must not hold one twice: Longformer's global
+  # projections can start as the same pretrained arrays as the local ones).
+  return dict(fresh, params=jax.tree.map(lambda x: jnp.array(x, copy=True), params))
 
 
 def transplant(pretrained: nnx.State, fresh: nnx.State) -> nnx.State:

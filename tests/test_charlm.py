@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lra import config_utils
+from configs import common as config_common
 from lra import data as lra_data
 from lra import errors
+from lra import optimizers
 from lra import train
 from lra.data import charlm
 from lra.models.lm import CausalLM
@@ -25,7 +26,7 @@ from tests.entry_points import launch
 
 
 def _config(data_path):
-  config = config_utils.load_config(os.path.join(REPO, "configs/enwik8.py:size=tiny"))
+  config = config_common.load_config(os.path.join(REPO, "configs/enwik8.py:size=tiny"))
   with config.unlocked():
     config.data_path = data_path
     config.data.format = "text"
@@ -61,7 +62,7 @@ def test_staged_schedule_windows_lengths_batches_and_learning_rates(tmp_path):
     batch = next(iterator)
     assert batch["inputs"].shape == (phases.batch_size[phase], phases.seq_length[phase])
   # Learning rate: each phase's own, after its warmup.
-  _, schedule = train.make_optimizer(config, task_phases)
+  _, schedule = optimizers.make_optimizer(config, task_phases)
   rates = [float(schedule(count)) for count in range(config.num_train_steps)]
   np.testing.assert_allclose(rates, [_expected_learning_rate(phases, c) for c in range(9)],
                              rtol=1e-6)

@@ -1,7 +1,11 @@
-"""Computed config fields follow their source when it is overridden on the command line
-(as `--config.<field>=...` does it, through ml_collections' config flags), for every task."""
+"""Configs load without JAX, and their computed fields follow their source when it is
+overridden on the command line (as `--config.<field>=...` does it, through ml_collections'
+config flags), for every task."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from absl import flags
@@ -16,6 +20,28 @@ from tests.entry_points import REPO
 
 CLASSIFICATION = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 CHARLM = ("enwik8", "text8")
+NOT_LOADED = ("jax", "flax", "grain", "optax", "orbax")
+
+
+def test_every_config_loads_without_jax():
+  """Every config file, at every size (a classification config with a preset variant and
+  self-pretraining too), loads in a fresh process that then holds no JAX, flax or grain:
+  the names the library owns are checked when a run starts."""
+  script = textwrap.dedent(f"""
+      import glob, sys
+      from configs import common
+      files = [path for path in sorted(glob.glob("configs/*.py"))
+               if "def get_config" in open(path).read()]
+      for path in files:
+        for size in common.SIZES:
+          common.load_config(f"{{path}}:size={{size}}")
+      common.load_config("configs/listops.py:attention=dilated,pretrain=mlm")
+      print(len(files), [name for name in {NOT_LOADED!r} if name in sys.modules])
+  """)
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == [str(len(CLASSIFICATION + CHARLM) + 1), "[]"]
 
 
 def parse(spec: str, *overrides: str):

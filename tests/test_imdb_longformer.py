@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lra import config_utils
+from configs import common as config_common
 from lra import data as lra_data
 from lra import errors
 from lra import models
+from lra import optimizers
 from lra import train
 from lra.data import PAD_ID
 from tests.data import fixtures
@@ -30,7 +31,7 @@ SPEC = os.path.join(REPO, "configs", "imdb_longformer.py")
 
 
 def tiny_config(data_path=None, init_from=CHECKPOINT, size="tiny", **fields):
-  config = config_utils.load_config(f"{SPEC}:size={size}")
+  config = config_common.load_config(f"{SPEC}:size={size}")
   with config.unlocked():
     config.init_from = init_from
     config.data_path = None if data_path is None else str(data_path)
@@ -65,7 +66,7 @@ def test_config_fields_follow_init_from_and_num_train_steps():
 
 def test_learning_rate_warms_up_over_10_percent_then_decays_linearly_to_0():
   config = parse("imdb_longformer.py", "--config.num_train_steps=1000")
-  _, schedule = train.make_optimizer(config, lra_data.single_phase(config))
+  _, schedule = optimizers.make_optimizer(config, lra_data.single_phase(config))
   rates = [float(schedule(count)) for count in (0, 50, 100, 550, 1000)]
   np.testing.assert_allclose(rates, [0.0, 1.5e-5, 3e-5, 1.5e-5, 0.0], rtol=1e-5, atol=1e-12)
 

@@ -16,11 +16,12 @@ import json
 import math
 import os
 
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
-from lra import config_utils
+from configs import common as config_common
 from lra import train
 from tests.entry_points import REPO
 
@@ -60,7 +61,7 @@ def test_twins_hold_the_same_values_and_follow_the_rule():
 
 
 def _config(spec: str, tmp_path, data_path, *, steps: int, **model):
-  config = config_utils.load_config(os.path.join(REPO, spec))
+  config = config_common.load_config(os.path.join(REPO, spec))
   with config.unlocked():
     config.data_path = os.fspath(data_path)
     config.data_cache_dir = str(tmp_path / "cache")
@@ -169,7 +170,7 @@ def test_characters_lm_learns_the_copy_rule(tmp_path):
                    windows=(4, 4))
   with config.unlocked():
     config.data.format = "text"
-    config.phases = config_utils.ml_collections.ConfigDict(dict(
+    config.phases = ml_collections.ConfigDict(dict(
         steps=(300,), seq_length=(64,), batch_size=(16,), window_scale=(1,),
         learning_rate=(3e-3,), warmup_steps=(10,)))
     config.evaluation.update(length=64, step=32, scored_length=32, max_chars=4000)

@@ -15,8 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from configs import common as config_common
 from lra import attention as attention_lib
-from lra import config_utils
 from lra import data as lra_data
 from lra import errors
 from lra import models
@@ -168,7 +168,8 @@ def test_every_variant_pretrains_with_both_objectives():
   for variant in attention_lib.variants():
     for objective in ("mlm", "causal"):
       with config.unlocked():
-        config.attention = config_utils.attention_config(variant, window=4, num_heads=2)
+        config.attention = ml_collections.ConfigDict(
+            attention_lib.variant_config(variant, num_heads=2, window=4))
         config.pretrain.objective = objective
       pretraining.check(config)
       stage = pretraining.stage_config(config)
@@ -322,7 +323,7 @@ def test_pretrain_none_trains_as_a_config_without_pretraining(tmp_path):
     ("mask_rate", 1.5, "config.pretrain.mask_rate must be in (0, 1)"),
     ("mean_span", 0.5, "config.pretrain.mean_span must be >= 1"),
     ("num_steps", 0, "config.pretrain.num_steps must be > 0"),
-    ("schedule", "linear", "config.pretrain.schedule must be one of"),
+    ("schedule", "exponential", "config.pretrain.schedule must be one of rsqrt, cosine"),
     ("batch_size", 3, "config.pretrain.batch_size=3 does not divide over the 4 devices"),
 ])
 def test_bad_pretrain_values_are_one_config_error(tmp_path, field, value, message):
@@ -335,9 +336,11 @@ def test_bad_pretrain_values_are_one_config_error(tmp_path, field, value, messag
   assert not (tmp_path / "run").exists()  # checked before anything is written
 
 
-def test_pretrain_argument_is_checked():
-  with pytest.raises(errors.ConfigError, match="pretrain must be one of none, mlm, causal"):
-    config_utils.load_config("configs/listops.py:size=tiny,pretrain=bert")
+def test_pretrain_argument_is_checked_at_launch(tmp_path):
+  config = tiny_config(tmp_path / "cache", spec="configs/listops.py:size=tiny,pretrain=bert")
+  with pytest.raises(errors.ConfigError, match="pretrain.objective must be one of none, mlm"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
 
 
 # The objective each task's tiny run pretrains with: both run on every kind of input.
@@ -353,7 +356,7 @@ TASK_OBJECTIVES = {"listops": "mlm", "text": "mlm", "retrieval": "mlm", "image":
     for task in sorted(TASK_OBJECTIVES)])
 def test_pretrain_then_fine_tune_every_task(tmp_path, task):
   objective = TASK_OBJECTIVES[task]
-  config = config_utils.load_config(
+  config = config_common.load_config(
       f"configs/{task}.py:attention=full,size=tiny,pretrain={objective}")
   with config.unlocked():
     config.data_path = test_tasks.TASKS[task](tmp_path / "data")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from lra import config_utils
+from configs import common as config_common
 from lra import train
 from tests.data import fixtures
 from tests.entry_points import REPO
@@ -38,7 +38,7 @@ CASES = [pytest.param(task, variant,
 
 @pytest.mark.parametrize("task,variant", CASES)
 def test_two_steps(tmp_path, task, variant):
-  config = config_utils.load_config(
+  config = config_common.load_config(
       os.path.join(REPO, f"configs/{task}.py:attention={variant},size=tiny"))
   with config.unlocked():
     config.data_path = TASKS[task](tmp_path / "data")

@@ -12,8 +12,8 @@ import pytest
 
 from experiments import bench_sequence_parallel
 from lra import data as lra_data
-
 from lra import errors
+from lra import sharding
 from lra import train
 from tests.data import fixtures
 from tests.test_train import tiny_config
@@ -107,7 +107,7 @@ def test_the_train_step_moves_halos_and_global_slots_not_the_sequence(tmp_path):
   config = tiny_config(tmp_path / "cache")  # 2 layers x 32, window 8, the CLS token global
   with config.unlocked():
     config.mesh.update({"data": 1, "sequence": 4})
-  mesh = train.make_mesh(config)
+  mesh = sharding.make_mesh(config)
   steps = train.build_steps(config, lra_data.load(config), mesh)
   batch_size, length = config.batch_size, config.data.max_length  # shards of 32 tokens
   batch = {"inputs": np.ones((batch_size, length), np.int32),
@@ -117,7 +117,7 @@ def test_the_train_step_moves_halos_and_global_slots_not_the_sequence(tmp_path):
   try:
     with jax.set_mesh(mesh):
       hlo = steps.train_steps[0].lower(
-          steps.state, train._batch_placement(mesh)(batch)).compile().as_text()  # pylint: disable=protected-access
+          steps.state, sharding.batch_placement(mesh)(batch)).compile().as_text()
   finally:
     jax.config.update("jax_disable_most_optimizations", True)
   assert "collective-permute" in hlo
@@ -149,7 +149,7 @@ def test_bad_meshes_are_named(tmp_path, mesh, spec, message):
   with config.unlocked():
     config.mesh.update(mesh)
   if message is None:  # a good one
-    assert dict(train.make_mesh(config).shape) == {"data": 1, "sequence": 4}
+    assert dict(sharding.make_mesh(config).shape) == {"data": 1, "sequence": 4}
     return
   with pytest.raises(errors.ConfigError, match=message):
     train.train_and_evaluate(config, str(tmp_path / "run"))

@@ -143,6 +143,11 @@ class Metrics:
   baseline: str
   baseline_label: str
 
+  def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+    """The averages of summed metrics per example (or per token), by name."""
+    count = max(float(sums["count"]), 1.0)
+    return {name: float(sums[key]) / count for key, name in self.averages.items()}
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:

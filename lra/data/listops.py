@@ -120,7 +120,7 @@ def _sample_tree(rng: random.Random, spec: Spec) -> tuple[str, int, int] | None:
     # The tree ((((op, a), b), c), ]) written with a pair of parentheses around each pair.
     source = ("( " * (len(children) + 1) + operator + " "
               + " ) ".join(child for child, _ in children) + " ) ] )")
-    return source, _evaluate(operator, [value for _, value in children])
+    return source, evaluate(operator, [value for _, value in children])
 
   try:
     source, value = node(1)
@@ -131,7 +131,8 @@ def _sample_tree(rng: random.Random, spec: Spec) -> tuple[str, int, int] | None:
   return source, length, value
 
 
-def _evaluate(operator: str, args: list[int]) -> int:
+def evaluate(operator: str, args: list[int]) -> int:
+  """The value of a ListOps operator (`[MIN`, `[MAX`, `[MED`, `[SM`) applied to `args`."""
   if operator == "[MIN":
     return min(args)
   if operator == "[MAX":

@@ -14,9 +14,9 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 
+from configs import common as config_common
 from experiments import bench_attention
 from lra import attention
-from lra import config_utils
 from lra import errors
 from lra import train
 from lra.attention import layers
@@ -89,17 +89,18 @@ class BuildMatchesReferenceTest(chex.TestCase):
     self.assertEqual(attention.get("local").implementations, ("xla", "pallas"))
     self.assertEqual([n for n, m in attention.MECHANISMS.items() if m.quadratic], ["full"])
 
-  def test_task_configs_take_the_registry_config_of_a_variant(self):
+  def test_task_configs_resolve_to_the_registry_config_of_a_variant(self):
     spec = os.path.join(entry_points.REPO, "configs/listops.py:size=tiny,window=5,attention=")
     for variant in attention.variants():
-      config = config_utils.load_config(spec + variant)
+      config = train.resolve(config_common.load_config(spec + variant))
       expected = attention.variant_config(variant, num_heads=2, window=5)
       self.assertEqual(config.attention.to_dict(), expected)
-    dilated = config_utils.load_config(spec + "dilated,dilation=3/1").attention
-    self.assertEqual(dilated.dilation, (3, 1))
-    # Every option is a field: the implementation too, typed, so an override parses.
+    dilated = train.resolve(config_common.load_config(spec + "dilated,dilation=3/1"))
+    self.assertEqual(dilated.attention.dilation, (3, 1))
+    # The options a task sets for every variant are fields: the implementation too, typed,
+    # so that an override parses.
     with pytest.raises(TypeError):
-      config_utils.load_config(spec + "local").attention.implementation = 3
+      config_common.load_config(spec + "local").attention.implementation = 3
 
   def test_implementation_is_bound_and_names_are_unique(self):
     for implementation in (None, "xla", "pallas"):
@@ -303,9 +304,9 @@ def test_one_registry_entry_reaches_every_consumer(tmp_path):
   run = tmp_path / "sweep" / "blocked_pairs_seed0"
   with attention.registered(toy_mechanism.BLOCKED):
     assert list(attention.variants())[-2:] == ["blocked", "blocked_pairs"]
-    config = config_utils.load_config(os.path.join(
+    config = config_common.load_config(os.path.join(
         entry_points.REPO, "configs/listops.py:attention=blocked_pairs,size=tiny"))
-    assert dict(config.attention) == {"name": "blocked", "block": 2}
+    assert dict(train.resolve(config).attention) == {"name": "blocked", "block": 2}
     with config.unlocked():
       config.data_cache_dir = str(tmp_path / "cache")
       config.num_train_steps = 2

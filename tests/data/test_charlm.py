@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from lra import config_utils
+from configs import common as config_common
 from lra import errors
 from lra.data import charlm
 from tests.data import fixtures
@@ -14,7 +14,7 @@ from tests.entry_points import REPO
 
 
 def _config(data_path, data_format="text"):
-  config = config_utils.load_config(os.path.join(REPO, "configs/enwik8.py:size=tiny"))
+  config = config_common.load_config(os.path.join(REPO, "configs/enwik8.py:size=tiny"))
   with config.unlocked():
     config.data_path = data_path
     config.data.format = data_format

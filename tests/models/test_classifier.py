@@ -7,8 +7,9 @@ import optax
 import pytest
 from flax import nnx
 
+from configs import common as config_common
 from lra import attention
-from lra import config_utils
+from lra import train
 from lra.data import PAD_ID
 from lra.models.classifier import POOLINGS
 from lra.models.classifier import Classifier
@@ -22,7 +23,8 @@ VOCAB = 20
 @pytest.mark.parametrize("variant", ("full", "local", "longformer"))
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_padding_does_not_change_the_pooled_vector(pooling, variant):
-  config = config_utils.load_config(f"{REPO}/configs/listops.py:attention={variant},size=tiny")
+  config = train.resolve(config_common.load_config(
+      f"{REPO}/configs/listops.py:attention={variant},size=tiny"))
   with config.unlocked():
     config.model.pooling = pooling
   encoder = PooledEncoder(config, vocab_size=VOCAB, rngs=nnx.Rngs(0))
@@ -37,8 +39,8 @@ def test_padding_does_not_change_the_pooled_vector(pooling, variant):
 def test_cls_is_global_exactly_under_mechanisms_with_global_tokens(variant):
   """One layer, window 1, CLS pooling: the CLS vector depends on the last token exactly
   where the registry's pattern lets CLS see it (a global CLS, or full attention)."""
-  config = config_utils.load_config(
-      f"{REPO}/configs/listops.py:attention={variant},size=tiny,window=1")
+  config = train.resolve(config_common.load_config(
+      f"{REPO}/configs/listops.py:attention={variant},size=tiny,window=1"))
   with config.unlocked():
     config.model.pooling = "cls"
   encoder = PooledEncoder(config, vocab_size=VOCAB, rngs=nnx.Rngs(0))

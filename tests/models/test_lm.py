@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lra import config_utils
+from configs import common as config_common
+from configs import enwik8
 from lra import errors
 from lra.attention.layers import rotary
 from lra.models.lm import CausalLM
@@ -19,12 +20,12 @@ from tests.entry_points import REPO
 
 # The paper's schedule at a test's scale: windows 2 -> 32 with depth, dilation (gaps 1-3,
 # strides 2-4) on 2 of 8 heads of the upper half.
-_PAPER_WINDOWS = tuple(max(1, w // 16) for w in config_utils.CHARLM_PRESETS["paper"]["windows"])
-_PAPER_DILATION = config_utils.CHARLM_PRESETS["paper"]["layer_dilation"]
+_PAPER_WINDOWS = tuple(max(1, w // 16) for w in enwik8.PRESETS["paper"].model["windows"])
+_PAPER_DILATION = enwik8.PRESETS["paper"].model["layer_dilation"]
 
 
 def _config(**model):
-  config = config_utils.load_config(os.path.join(REPO, "configs/enwik8.py:size=tiny"))
+  config = config_common.load_config(os.path.join(REPO, "configs/enwik8.py:size=tiny"))
   with config.unlocked():
     config.model.update(model)
   return config
