@@ -41,7 +41,8 @@ from lra.attention.reference import pattern_mask
 
 __all__ = [
     "MECHANISMS", "BoundAttention", "Mechanism", "Option", "build", "dense_attention",
-    "dropped_global_tokens", "full_attention", "get", "longformer_attention", "longformer_reference", "pattern_mask",
+    "dropped_global_tokens", "full_attention", "get", "longformer_attention",
+    "longformer_reference", "pattern_mask",
     "register", "registered", "sliding_window_attention", "variant_config", "variants",
     "window_pattern",
 ]

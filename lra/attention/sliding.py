@@ -50,8 +50,8 @@ def local_attention_with_lse(q, k, v, *, window: int, dilation: int | Sequence[i
     d = call.dilation
     padded = -(-length // d) * d
 
-    def folded(x, value=0):
-      return common.to_residues(common.pad_axis1(x, padded, value), d)  # pylint: disable=cell-var-from-loop
+    def folded(x, value=0, d=d, padded=padded):
+      return common.to_residues(common.pad_axis1(x, padded, value), d)
 
     qkv = [folded(common.select_heads(x, heads))
            for x, heads in ((q, call.q_heads), (k, call.kv_heads), (v, call.kv_heads))]

@@ -31,9 +31,13 @@ def classification_metrics(logits_BxC, targets_B, weights_B):
 
 
 class PooledEncoder(nnx.Module):
-  """Tokens `[batch, length]` -> one vector per sequence `[batch, emb]`."""
+  """Tokens `[batch, length]` -> one vector per sequence `[batch, emb]`.
 
-  def __init__(self, config, *, vocab_size: int, rngs: nnx.Rngs):
+  `max_sequences` is the most sequences a row holds (packed rows: `token_states`), and so
+  the most global tokens of a row under a mechanism with global tokens.
+  """
+
+  def __init__(self, config, *, vocab_size: int, rngs: nnx.Rngs, max_sequences: int = 1):
     model = config.model
     if model.pooling not in POOLINGS:
       raise errors.ConfigError(f"model.pooling must be one of {POOLINGS}, got {model.pooling!r}")
@@ -41,15 +45,25 @@ class PooledEncoder(nnx.Module):
     mechanism = attention_lib.get(attention.get("name"))
     self.uses_global = mechanism.uses_global
     if self.uses_global and "max_global" in mechanism.options:
-      attention["max_global"] = 1  # the CLS token
+      attention["max_global"] = max_sequences  # a CLS token per sequence
     self.encoder = Encoder(model, attention, vocab_size=vocab_size,
                            max_length=config.data.max_length + 1, rngs=rngs)
     self.cls = nnx.Param(jnp.zeros((model.emb_dim,)))
     self.pooling = model.pooling
 
-  def token_states(self, tokens_BxL, *, deterministic: bool, rngs):
+  def token_states(self, tokens_BxL, *, deterministic: bool, rngs, segment_ids=None,
+                   positions=None):
     """States of the CLS vector and of every token `[batch, 1 + length, emb]`, and which
-    positions are real, bool `[batch, 1 + length]` (the CLS vector is)."""
+    positions are real, bool `[batch, 1 + length]` (the CLS vector is).
+
+    Packed rows (`lra.pretraining.pack`) give `segment_ids` (0: padding) and `positions`
+    (each sequence's own) `[batch, length]`: each sequence already starts with a slot for
+    its CLS vector (its position 0), so nothing is prepended and the states are
+    `[batch, length, emb]`; sequences attend within themselves.
+    """
+    if segment_ids is not None:
+      return self._packed_states(tokens_BxL, segment_ids, positions,
+                                 deterministic=deterministic, rngs=rngs)
     batch = tokens_BxL.shape[0]
     real = jnp.concatenate([jnp.ones((batch, 1), bool), tokens_BxL != PAD_ID], axis=1)
     x = self.encoder.embed_tokens(tokens_BxL)
@@ -62,6 +76,16 @@ class PooledEncoder(nnx.Module):
       global_mask = np.zeros(real.shape, bool)
       global_mask[:, 0] = True
     h = self.encoder(x, padding_mask=real, global_mask=global_mask,
+                     deterministic=deterministic, rngs=rngs)
+    return h, real
+
+  def _packed_states(self, tokens_BxL, segment_ids_BxL, positions_BxL, *, deterministic, rngs):
+    real = segment_ids_BxL > 0
+    cls_slot = real & (positions_BxL == 0)
+    x = self.encoder.embed_tokens(tokens_BxL)
+    x = jnp.where(cls_slot[..., None], self.cls[...].astype(x.dtype), x)
+    h = self.encoder(x, padding_mask=real, segment_ids=segment_ids_BxL, positions=positions_BxL,
+                     global_mask=cls_slot if self.uses_global else None,
                      deterministic=deterministic, rngs=rngs)
     return h, real
 

@@ -81,9 +81,11 @@ class EncoderBlock(nnx.Module):
     self.mlp = Mlp(features, mlp_dim, dropout_rate, dtype, rngs)
     self.dropout = nnx.Dropout(dropout_rate)
 
-  def __call__(self, x, *, padding_mask, global_mask, deterministic: bool, rngs):
+  def __call__(self, x, *, padding_mask, global_mask, deterministic: bool, rngs,
+               segment_ids=None):
     y = self.attention(self.attention_norm(x), padding_mask=padding_mask,
-                       global_mask=global_mask, deterministic=deterministic, rngs=rngs)
+                       segment_ids=segment_ids, global_mask=global_mask,
+                       deterministic=deterministic, rngs=rngs)
     x = x + self.dropout(y, deterministic=deterministic, rngs=rngs)
     y = self.mlp(self.mlp_norm(x), deterministic=deterministic, rngs=rngs)
     return x + self.dropout(y, deterministic=deterministic, rngs=rngs)
@@ -134,14 +136,17 @@ class Encoder(nnx.Module):
   def embed_tokens(self, tokens_BxL):
     return self.embed(tokens_BxL)
 
-  def _add_positions(self, x_BxLxE, start=0):
-    """The embeddings with the position table's rows `start ..` added (rotary: none)."""
+  def _add_positions(self, x_BxLxE, start=0, positions_BxL=None):
+    """The embeddings with the position table's rows added (rotary: none): those of
+    `positions` (packed sequences: each restarts at 0), else `start ..`."""
     if self.positions is None:
       return x_BxLxE
     length = x_BxLxE.shape[1]
     if self.max_length is not None and length > self.max_length:
       raise errors.ConfigError(
           f"sequence of length {length} exceeds the model's max_length {self.max_length}")
+    if positions_BxL is not None:
+      return x_BxLxE + jnp.take(self.positions[...], positions_BxL, axis=0).astype(x_BxLxE.dtype)
     rows = jax.lax.dynamic_slice_in_dim(self.positions[...], start, length)
     return x_BxLxE + rows[None].astype(x_BxLxE.dtype)
 
@@ -160,11 +165,15 @@ class Encoder(nnx.Module):
     return self.final_norm(x), updated
 
   def __call__(self, x_BxLxE, *, padding_mask, global_mask=None, deterministic: bool = True,
-               rngs=None):
-    """Encodes embeddings `[batch, length, emb]` (see `embed_tokens`); same shape out."""
-    x = self._add_positions(x_BxLxE)
+               rngs=None, segment_ids=None, positions=None):
+    """Encodes embeddings `[batch, length, emb]` (see `embed_tokens`); same shape out.
+
+    Packed rows: `segment_ids` int `[batch, length]` (tokens attend within their segment)
+    and `positions` int `[batch, length]` (each segment's own, from 0).
+    """
+    x = self._add_positions(x_BxLxE, positions_BxL=positions)
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     for block in self.blocks:
-      x = block(x, padding_mask=padding_mask, global_mask=global_mask,
-                deterministic=deterministic, rngs=rngs)
+      x = block(x, padding_mask=padding_mask, segment_ids=segment_ids,
+                global_mask=global_mask, deterministic=deterministic, rngs=rngs)
     return self.final_norm(x)

@@ -1,8 +1,9 @@
 """The attention contract, checked for every windowed mechanism on every implementation.
 
 Two base classes hold the checks (small cases for `make test`, realistic shapes for
-`make test-slow`); each implementation is a mixin that only says how to run: the blocked XLA core, the Pallas GPU kernels and the Pallas TPU kernels (both in
-interpret mode on this CPU). Every check compares against the dense oracle of
+`make test-slow`); each implementation is a mixin that only says how to run: the blocked
+XLA core, the Pallas GPU kernels and the Pallas TPU kernels (both in interpret mode on this
+CPU). Every check compares against the dense oracle of
 `reference.py` in outputs and gradients, through the registry (`attention.build`), with
 XLA's optimizations on (the suite's conftest turns most of them off elsewhere, to save
 compile time), with and without jit.

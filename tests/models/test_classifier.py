@@ -62,7 +62,8 @@ def test_cls_is_global_exactly_under_mechanisms_with_global_tokens(variant):
 def test_longformer_train_step_exports_without_host_work(platform):
   """A Longformer classifier's train step (attention dropout on, the Pallas kernels, an
   AdamW update) lowers for GPUs and TPUs with no host callback in it."""
-  config = config_utils.load_config(f"{REPO}/configs/listops.py:attention=longformer,size=tiny")
+  config = train.resolve(config_common.load_config(
+      f"{REPO}/configs/listops.py:attention=longformer,size=tiny"))
   with config.unlocked():
     config.attention.implementation = "pallas"
   model = Classifier(config, vocab_size=VOCAB, num_classes=10, rngs=nnx.Rngs(0))

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lra import config_utils
+from configs import common as config_common
 from lra import errors
 from lra import generation
+from lra import train
 from lra.attention import decoding
 from lra.models.lm import CausalLM
 from tests.entry_points import REPO
@@ -19,7 +20,7 @@ VOCAB = 40
 
 
 def _model(dtype="float32", implementation=None, layer_dilation=(1, 2)):
-  config = config_utils.load_config(f"{REPO}/configs/enwik8.py:size=tiny")
+  config = train.resolve(config_common.load_config(f"{REPO}/configs/enwik8.py:size=tiny"))
   with config.unlocked():
     # Windows 4 and 8: reaches of 4 and 16 positions with the second layer's dilation.
     config.model.layer_dilation = layer_dilation
@@ -122,7 +123,8 @@ def test_step_memory_does_not_grow_with_position():
 
 
 def test_only_causal_windows_decode():
-  config = config_utils.load_config(f"{REPO}/configs/listops.py:attention=local,size=tiny")
+  config = train.resolve(config_common.load_config(
+      f"{REPO}/configs/listops.py:attention=local,size=tiny"))
   from lra.attention.layers import SelfAttention  # pylint: disable=g-import-not-at-top
   layer = SelfAttention(16, 2, attention=dict(config.attention), rngs=nnx.Rngs(0))
   with pytest.raises(errors.ConfigError, match="needs causal window attention"):
