@@ -258,4 +258,7 @@ def pretrain_config(objective: str, preset: Preset, batch_size: config_dict.Fiel
                                  # batch_size
       "mask_rate": 0.5 if paper else 0.15,  # mlm: share of each sequence's real tokens masked
       "mean_span": 1.0,  # mlm: mean length of the masked spans (1: single tokens)
+      "pack": True,  # fill each row with several sequences (segment ids); rows count in
+                     # batch_size
+      "max_sequences": 8,  # pack: the most sequences of a row (its global CLS tokens)
   })

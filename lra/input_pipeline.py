@@ -39,15 +39,24 @@ def bucket_length(longest: int, width: int) -> int:
   return min(bucket, width)
 
 
+# Per-token fields of packed rows (`lra.pretraining.pack`), cut with `inputs`.
+PACKED_FIELDS = ("segment_ids", "positions")
+
+
 def trim(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Cuts every token field (`inputs*`) to the bucket of its longest sequence."""
+  """Cuts every token field (`inputs*`, and the fields of packed rows with `inputs`) to the
+  bucket of its longest sequence."""
   out = dict(batch)
   for name, tokens in batch.items():
     if name.startswith("inputs"):
       real = tokens != PAD_ID
       longest = int((real.shape[1] - np.argmax(real[:, ::-1], axis=1))[real.any(1)].max(
           initial=1))
-      out[name] = tokens[:, :bucket_length(longest, tokens.shape[1])].astype(np.int32)
+      bucket = bucket_length(longest, tokens.shape[1])
+      out[name] = tokens[:, :bucket].astype(np.int32)
+      if name == "inputs":
+        out.update((field, batch[field][:, :bucket]) for field in PACKED_FIELDS
+                   if field in batch)
   return out
 
 

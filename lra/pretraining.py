@@ -11,6 +11,8 @@ denoising stage on the task's own training inputs before fine-tuning on its labe
     batch_size     sequences per pretraining step (a retrieval pair is two sequences)
     mask_rate      mlm: the share of each sequence's real tokens that is masked
     mean_span      mlm: 1 masks single tokens; > 1 masks spans of this mean length
+    pack           fill each row with several sequences (`pack`), for fewer padded tokens
+    max_sequences  pack: the most sequences of a row
 
 The stage's model (`lra.models.pretraining.SelfPretrainingLM`) is the task model's encoder
 (`encode`: embedding, CLS vector, blocks) with a language-model output tied to the token
@@ -25,6 +27,13 @@ retrieval pair is a sequence of its own. Per sequence:
     position, so every real token is predicted. Longformer runs its window alone, causally
     (a global token would see the future); its global projections start the fine-tuning as
     copies of the pretrained local ones, as the Longformer paper initialises them.
+
+With `pack`, the sequences (in a seeded order) fill rows of the task's length plus one: each
+starts with a slot for its CLS vector, carries its own positions from 0 and a segment id,
+and attends within itself alone (segment ids reach the attention kernels), so each
+sequence is encoded as it would be alone while the rows carry fewer padded tokens. Rows
+are packed once per run; the batches then shuffle and group rows as the unpacked stage
+does sequences, and `batch_size` counts rows.
 
 Fine-tuning then starts from the pretrained encoder (`transplant`) with the task's fresh
 head, a fresh optimizer state and its own schedule (`config.optimizer`); the trainer
@@ -84,6 +93,10 @@ def check(config) -> None:
     raise errors.ConfigError(
         f"config.pretrain.schedule must be one of {', '.join(optimizers.SCHEDULES)}, got "
         f"{pretrain.schedule!r}")
+  if pretrain.pack and pretrain.max_sequences < 1:
+    raise errors.ConfigError(
+        f"config.pretrain.max_sequences must be >= 1 (the most sequences a packed row "
+        f"holds), got {pretrain.max_sequences}")
   if name == "mlm":
     if not 0 < pretrain.mask_rate < 1:
       raise errors.ConfigError(
@@ -210,26 +223,96 @@ def causal_batch(tokens_BxL: np.ndarray) -> dict[str, np.ndarray]:
           "weights": (tokens != PAD_ID).astype(np.float32)}
 
 
+def pack(tokens_NxL: np.ndarray, *, max_sequences: int,
+         rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Sequences `[N, L]` (right-padded) packed into rows of `L + 1` slots, in a random order.
+
+  Each sequence takes `1 + its real tokens` slots: its CLS slot (token `PAD_ID`, position
+  0), then its tokens at positions 1, 2, ...; a row is closed when the next sequence does
+  not fit or it holds `max_sequences`. Returns `inputs`, `segment_ids` (1, 2, ... per row;
+  0 for padding) and `positions`, each `[rows, L + 1]`. Empty sequences are left out.
+  """
+  lengths = np.sum(tokens_NxL != PAD_ID, axis=1)
+  width = tokens_NxL.shape[1] + 1
+  rows, row, used = [], [], 0
+  for index in rng.permutation(len(tokens_NxL)):
+    if not lengths[index]:
+      continue
+    if row and (used + 1 + lengths[index] > width or len(row) == max_sequences):
+      rows.append(row)
+      row, used = [], 0
+    row.append(index)
+    used += 1 + lengths[index]
+  rows += [row] if row else []
+  packed = {name: np.zeros((len(rows), width), np.int32)
+            for name in ("inputs", "segment_ids", "positions")}
+  for r, members in enumerate(rows):
+    start = 0
+    for segment, index in enumerate(members, start=1):
+      stop = start + 1 + lengths[index]
+      packed["inputs"][r, start + 1:stop] = tokens_NxL[index, :lengths[index]]
+      packed["segment_ids"][r, start:stop] = segment
+      packed["positions"][r, start:stop] = np.arange(stop - start)
+      start = stop
+  return packed
+
+
+def mask_packed_batch(batch: dict[str, np.ndarray], *, mask_rate: float, mean_span: float,
+                      mask_id: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """`mask_batch` for packed rows: each sequence's tokens are masked as it would be alone;
+  the states of the masked positions predict their tokens."""
+  inputs = batch["inputs"].copy()
+  weights = np.zeros(inputs.shape, np.float32)
+  tokens = (batch["segment_ids"] > 0) & (batch["positions"] > 0)
+  for row in range(len(inputs)):
+    for segment in np.unique(batch["segment_ids"][row][tokens[row]]):
+      real = np.flatnonzero(tokens[row] & (batch["segment_ids"][row] == segment))
+      masked = real[mask_positions(len(real), mask_rate=mask_rate, mean_span=mean_span,
+                                   rng=rng)]
+      inputs[row, masked] = mask_id
+      weights[row, masked] = 1.0
+  return dict(batch, inputs=inputs, targets=batch["inputs"], weights=weights)
+
+
+def causal_packed_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`causal_batch` for packed rows: the state at each position (a CLS slot or a token)
+  predicts the next token of its sequence."""
+  segments = batch["segment_ids"]
+  targets = np.zeros_like(batch["inputs"])
+  targets[:, :-1] = batch["inputs"][:, 1:]
+  weights = np.zeros(targets.shape, np.float32)
+  weights[:, :-1] = (segments[:, 1:] == segments[:, :-1]) & (segments[:, :-1] > 0)
+  return dict(batch, targets=targets, weights=weights)
+
+
 def train_iterator(config, data: lra_data.TaskData):
   """Endless pretraining batches of `config` (the stage's), resumable like the task's.
 
-  Sequences are shuffled and grouped by length as the task's training batches are
-  (`input_pipeline.train_dataset`); the masks of batch `b` are a pure function of
-  (seed, b), so the iterator state stays one index.
+  Sequences (or packed rows) are shuffled and grouped by length as the task's training
+  batches are (`input_pipeline.train_dataset`); the masks of batch `b` are a pure function
+  of (seed, b), so the iterator state stays one index.
   """
   pretrain = config.pretrain
   mask_id = data.vocab.index(MASK_TOKEN) if pretrain.objective == "mlm" else None
+  split = pretraining_split(data)
+  if pretrain.pack:
+    # A stream of its own ([seed, 2]) for the order of packing.
+    split = pack(split["inputs"], max_sequences=pretrain.max_sequences,
+                 rng=np.random.default_rng([config.seed, 2]))
 
   def make(index: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if pretrain.objective == "causal":
-      return causal_batch(batch["inputs"])
+      return causal_packed_batch(batch) if pretrain.pack else causal_batch(batch["inputs"])
     # A stream of its own ([seed, 1, b]): the shuffle uses [seed, b].
     rng = np.random.default_rng([config.seed, 1, index])
-    return mask_batch(batch["inputs"], mask_rate=pretrain.mask_rate,
-                      mean_span=pretrain.mean_span, mask_id=mask_id, rng=rng)
+    options = dict(mask_rate=pretrain.mask_rate, mean_span=pretrain.mean_span,
+                   mask_id=mask_id, rng=rng)
+    if pretrain.pack:
+      return mask_packed_batch(batch, **options)
+    return mask_batch(batch["inputs"], **options)
 
-  dataset = input_pipeline.train_dataset(pretraining_split(data),
-                                         batch_size=config.batch_size, seed=config.seed)
+  dataset = input_pipeline.train_dataset(split, batch_size=config.batch_size,
+                                         seed=config.seed)
   return iter(dataset.map_with_index(make).to_iter_dataset(input_pipeline.READ_OPTIONS))
 
 

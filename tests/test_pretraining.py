@@ -126,29 +126,119 @@ def _disjoint_data(pairs: bool) -> lra_data.TaskData:
                            num_classes=2)
 
 
+def _sequences(batch, objective) -> list[tuple]:
+  """The sequences of a batch's targets (of its packed rows: each segment's tokens)."""
+  if "segment_ids" not in batch:
+    return [tuple(np.trim_zeros(row, "b")) for row in batch["targets"]]
+  tokens = (batch["segment_ids"] > 0) & (batch["positions"] > 0)
+  shift = 1 if objective == "causal" else 0  # causal targets sit one slot left
+  found = []
+  for row, segments, real in zip(batch["targets"], batch["segment_ids"], tokens):
+    for segment in np.unique(segments[real]):
+      where = np.flatnonzero(real & (segments == segment))
+      found.append(tuple(row[where - shift]))
+  return found
+
+
 @pytest.mark.parametrize("objective", ["mlm", "causal"])
-@pytest.mark.parametrize("pairs", [False, True])
-def test_pretraining_batches_hold_training_inputs_only(objective, pairs):
+@pytest.mark.parametrize("pairs,pack", [(False, False), (True, False), (True, True)])
+def test_pretraining_batches_hold_training_inputs_only(objective, pairs, pack):
   data = _disjoint_data(pairs)
   if objective == "mlm":
     data = pretraining.with_mask_token(data)
   config = ml_collections.ConfigDict({
       "seed": 0, "batch_size": 4,
-      "pretrain": {"objective": objective, "mask_rate": 0.2, "mean_span": 1.0}})
+      "pretrain": {"objective": objective, "mask_rate": 0.2, "mean_span": 1.0, "pack": pack,
+                   "max_sequences": 3}})
   train_rows = {tuple(np.trim_zeros(row, "b")) for name, tokens in data.splits["train"].items()
                 if name.startswith("inputs") for row in tokens}
+  fields = {"inputs", "targets", "weights"} | ({"segment_ids", "positions"} if pack else set())
   iterator = pretraining.train_iterator(config, data)
   seen = set()
-  for _ in range(60):  # 240 sequences: every one of the 30 or 60 several times
+  for _ in range(60):  # 240 rows: every one of the 30 or 60 sequences several times
     batch = next(iterator)
-    assert set(batch) == {"inputs", "targets", "weights"}  # no label field
+    assert set(batch) == fields  # no label field
     assert batch["targets"].shape == batch["inputs"].shape  # tokens, not classes
-    for row in batch["targets"]:
-      tokens = tuple(np.trim_zeros(row, "b"))
+    for tokens in _sequences(batch, objective):
       assert max(tokens) <= 5, "a validation or test input reached pretraining"
       assert tokens in train_rows
       seen.add(tokens)
   assert seen == train_rows  # both documents of every pair are pretraining sequences
+
+
+def test_pack_fills_rows_with_whole_sequences():
+  lengths = [5, 3, 0, 7, 2, 6, 1]
+  tokens = np.zeros((len(lengths), 8), np.int32)
+  for row, length in enumerate(lengths):
+    tokens[row, :length] = 10 * row + np.arange(1, length + 1)
+  packed = pretraining.pack(tokens, max_sequences=2, rng=np.random.default_rng(0))
+  assert packed["inputs"].shape[1] == 9  # the length and one CLS slot
+  found = []
+  for inputs, segments, positions in zip(packed["inputs"], packed["segment_ids"],
+                                         packed["positions"]):
+    assert segments.max() <= 2
+    for segment in range(1, segments.max() + 1):
+      where = np.flatnonzero(segments == segment)
+      assert np.array_equal(where, np.arange(where[0], where[-1] + 1))  # contiguous
+      np.testing.assert_array_equal(positions[where], np.arange(len(where)))
+      assert inputs[where[0]] == PAD_ID  # the CLS slot
+      found.append(tuple(inputs[where[1:]]))
+    assert np.all(segments[np.flatnonzero(segments == 0)] == 0)
+  expected = [tuple(row[:n]) for row, n in zip(tokens, lengths) if n]
+  assert sorted(found) == sorted(expected)  # every sequence once, whole; the empty one out
+
+
+@pytest.mark.parametrize("objective", ["mlm", "causal"])
+def test_a_packed_row_encodes_each_sequence_as_alone(objective):
+  """Every variant: the logits of each sequence of a packed row equal its logits unpacked
+  (segments attend within themselves, positions restart, each has its CLS vector)."""
+  config = tiny_config("unused")
+  data = pretraining.with_mask_token(lra_data.TaskData(
+      splits={}, vocab=["<pad>"] + [str(i) for i in range(15)], num_classes=10))
+  lengths = [9, 4, 1, 13]
+  tokens = np.zeros((len(lengths), 32), np.int32)
+  for row, length in enumerate(lengths):
+    tokens[row, :length] = np.random.default_rng(row).integers(1, 16, length)
+  packed = pretraining.pack(tokens, max_sequences=4, rng=np.random.default_rng(1))
+  assert len(packed["inputs"]) == 1
+  for variant in attention_lib.variants():
+    with config.unlocked():
+      config.attention = ml_collections.ConfigDict(
+          attention_lib.variant_config(variant, num_heads=2, window=4))
+      config.pretrain.objective = objective
+    model = _build(pretraining.stage_config(config), data, seed=0)
+    logits = model(packed["inputs"], segment_ids=packed["segment_ids"],
+                   positions=packed["positions"])[0]
+    alone = model(tokens)
+    for segment in range(1, 5):
+      where = np.flatnonzero(packed["segment_ids"][0] == segment)
+      row = next(r for r, n in enumerate(lengths) if n == len(where) - 1)
+      # mlm: the tokens' states; causal: the CLS slot's and the tokens' but the last.
+      states = where[1:] if objective == "mlm" else where[:-1]
+      chex.assert_trees_all_close(logits[states], alone[row, :lengths[row]], atol=2e-5,
+                                  rtol=2e-5, custom_message=f"{variant} {objective}")
+
+
+def test_packed_batches_mask_and_target_within_each_sequence():
+  tokens = np.zeros((3, 10), np.int32)
+  for row, length in enumerate((8, 4, 3)):
+    tokens[row, :length] = np.arange(1, length + 1)
+  packed = pretraining.pack(tokens, max_sequences=3, rng=np.random.default_rng(0))
+  batch = pretraining.mask_packed_batch(packed, mask_rate=0.3, mean_span=1, mask_id=MASK_ID,
+                                        rng=np.random.default_rng(0))
+  masked = batch["weights"] > 0
+  np.testing.assert_array_equal(batch["inputs"][masked], MASK_ID)
+  np.testing.assert_array_equal(batch["targets"], packed["inputs"])
+  counts = [int(masked[row][segments == s].sum())
+            for row, segments in enumerate(batch["segment_ids"])
+            for s in range(1, segments.max() + 1)]
+  assert sorted(counts) == sorted(max(1, round(0.3 * n)) for n in (8, 4, 3))
+  assert not masked[batch["positions"] == 0].any()  # CLS slots are never masked
+  causal = pretraining.causal_packed_batch(packed)
+  targeted = causal["weights"] > 0
+  assert targeted.sum() == 8 + 4 + 3  # every token, once, predicted from its own sequence
+  following = np.roll(causal["segment_ids"], -1, axis=1)
+  assert np.all(following[targeted] == causal["segment_ids"][targeted])
 
 
 def test_fine_tuning_batches_hold_training_examples_only(tmp_path):
