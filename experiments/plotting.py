@@ -78,6 +78,15 @@ def seed_curves(metrics_paths: dict[str, list[str]], key: str, out_png: str, *, 
   _finish(fig, ax, out_png, xlabel="training step", ylabel=ylabel, title=title)
 
 
+def lines(points: dict[str, list[tuple[float, float]]], out_png: str, *, xlabel: str,
+          ylabel: str, title: str) -> None:
+  """One line per name through its `(x, y)` points."""
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  for name, xy in points.items():
+    ax.plot(*zip(*xy), marker="o", markersize=3, label=name)
+  _finish(fig, ax, out_png, xlabel=xlabel, ylabel=ylabel, title=title)
+
+
 def error_bar_scatter(points: dict[str, tuple[float, float, float | None]], out_png: str, *,
                       xlabel: str, ylabel: str, title: str) -> None:
   """One point per name, `(x, y, y error or None)`, in its own colour with a legend."""
