@@ -46,7 +46,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m experiments.bench.attention --out=results/bench_attention --rounds=3
 
-# On a GPU (after `make ... ACCEL=cuda13`), in under five minutes, timed on the device: the
+# On a GPU (after `make ... ACCEL=cuda13`), in about five minutes, timed on the device: the
 # Pallas kernels against cuDNN, FlexAttention, tokamax and the XLA core, and the train step
 # of every paper config on the kernels and on the XLA core (docs/kernels.md).
 bench-gpu: $(STAMP)
