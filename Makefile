@@ -42,13 +42,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m slow tests
 
+# Attention forward + backward against length on this machine (docs/benchmarks.md).
 bench: $(STAMP)
-	$(PY) -m experiments.bench_attention --out=results/bench_attention --rounds=3
+	$(PY) -m experiments.bench.attention --out=results/bench_attention --rounds=3
 
-# On a GPU (after `make ... ACCEL=cuda13`): the Pallas kernels against XLA, cuDNN and
-# tokamax at 4K..64K, and a train step of every paper config (docs/kernels.md).
+# On a GPU (after `make ... ACCEL=cuda13`), in about five minutes, timed on the device: the
+# Pallas kernels against cuDNN, FlexAttention, tokamax and the XLA core, and the train step
+# of every paper config on the kernels and on the XLA core (docs/kernels.md).
 bench-gpu: $(STAMP)
-	$(PY) -m experiments.bench_gpu --out=results/bench_gpu
+	$(PY) -m experiments.bench.gpu --out=results/bench_gpu
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,1 +1,1 @@
-"""absl entry points: train, compare, bench_attention, plot_patterns, generate_data."""
+"""absl entry points: train, compare, plot_patterns, generate_data; the benchmarks in `bench`."""

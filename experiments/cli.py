@@ -32,7 +32,7 @@ from absl import logging as absl_logging
 from ml_collections import config_dict
 from ml_collections.config_flags import config_flags
 
-from experiments import harness
+from experiments.bench import harness
 import lra
 from lra import errors
 

@@ -24,7 +24,7 @@ launches to its `wall_time.json`. Then writes, in --workdir:
       --workdir=results/efficiency [--lengths=512,1024,... --batch=1]
 
 Measures each variant's training speed and memory against length instead
-(`experiments/efficiency.py`): efficiency.md, efficiency.csv and efficiency.png.
+(`experiments/bench/efficiency.py`): efficiency.md, efficiency.csv and efficiency.png.
 """
 
 import dataclasses
@@ -40,8 +40,8 @@ from absl import flags
 
 from configs import common
 from experiments import cli
-from experiments import efficiency
-from experiments import harness
+from experiments.bench import efficiency
+from experiments.bench import harness
 from lra import attention
 from lra import errors
 from lra import pretraining
@@ -65,7 +65,7 @@ _OVERRIDES = flags.DEFINE_multi_string(
     "e.g. --override=data_cache_dir=/tmp/data.")
 _EFFICIENCY = flags.DEFINE_bool(
     "efficiency", False, "Measure training speed and memory against length instead of "
-    "training (the flags of experiments/efficiency.py).")
+    "training (the flags of experiments/bench/efficiency.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 cli.subset_of("attention", list(attention.variants()), "the registry's variants")

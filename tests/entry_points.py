@@ -12,10 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
 
 
-def run_module(name: str, *args: str, timeout: float):
-  """Runs `python -m experiments.<name> args` from the repo root; returns the result."""
+def run_module(name: str, *args: str, timeout: float, **variables: str):
+  """Runs `python -m experiments.<name> args` from the repo root, with the environment
+  `variables` set too; returns the result."""
   return subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=REPO,
-                        text=True, capture_output=True, timeout=timeout, env=ENV)
+                        text=True, capture_output=True, timeout=timeout,
+                        env=dict(ENV, **variables))
 
 
 # Fields of results.json that measure the machine, not the run.

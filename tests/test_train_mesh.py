@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import bench_sequence_parallel
+from experiments.bench import harness
 from lra import data as lra_data
 from lra import errors
 from lra import sharding
@@ -124,7 +124,7 @@ def test_the_train_step_moves_halos_and_global_slots_not_the_sequence(tmp_path):
   halo_of_hidden_states = batch_size * config.attention.window * config.model.emb_dim
   shard_of_hidden_states = batch_size * -(-(length + 1) // 4) * config.model.emb_dim
   for line in hlo.splitlines():
-    for op, shape, _ in bench_sequence_parallel.hlo_collectives(line):
+    for op, shape, _ in harness.hlo_collectives(line):
       # Prepending the CLS vector shifts every position by one: the embedded sequence is
       # resharded once, by the concatenation. Every other message is a halo or global slots.
       cls_shift = op == "all-to-all" and "jvp()/concatenate" in line

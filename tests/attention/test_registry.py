@@ -15,7 +15,7 @@ from absl.testing import parameterized
 from flax import nnx
 
 from configs import common as config_common
-from experiments import bench_attention
+from experiments.bench import harness
 from lra import attention
 from lra import errors
 from lra import train
@@ -314,10 +314,9 @@ def test_one_registry_entry_reaches_every_consumer(tmp_path):
     results = train.train_and_evaluate(config, str(run))
     assert (results["attention"], results["best_val_step"]) == ("blocked", 2)
 
-    assert "blocked_pairs" in bench_attention.row_names()
-    setup = bench_attention.Setup(window=3, heads=2, head_dim=4, batch=1, dtype="float32",
-                                  dilations=())
-    row = bench_attention.measured("blocked_pairs", setup)
+    assert "blocked_pairs" in harness.row_names()
+    setup = harness.Setup(window=3, heads=2, head_dim=4, batch=1, dtype="float32")
+    row = harness.rows(setup)["blocked_pairs"]
     assert row.count_pairs(9) == 2 * (4 * 2 * 2 + 1)  # 2 heads: 4 blocks of 2, 1 of 1
     q, k, v = cases.random_qkv(0, 1, 9, 2, 4)
     expected = reference.dense_attention(

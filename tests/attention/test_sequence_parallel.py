@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
-from experiments import bench_sequence_parallel
+from experiments.bench import harness
 from lra import attention
 from lra import errors
 from lra.attention import reference
@@ -242,7 +242,7 @@ def test_only_halos_and_global_slots_cross_devices():
     with jax.set_mesh(mesh):
       compiled = jax.jit(lambda *xs, call=call: cases.grads(call, xs)).lower(
           spec, spec, spec).compile()
-    found = bench_sequence_parallel.hlo_collectives(compiled.as_text())
+    found = harness.hlo_collectives(compiled.as_text())
     ops = {op for op, _, _ in found}
     assert "collective-permute" in ops, found
     # The largest message: a halo, or every shard's global slots; 1/16 of a shard here.

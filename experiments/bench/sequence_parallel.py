@@ -1,12 +1,12 @@
 r"""Benchmarks sequence-parallel local attention over P simulated CPU devices.
 
-  python -m experiments.bench_sequence_parallel --out=docs \
+  python -m experiments.bench.sequence_parallel --out=docs \
       [--sequence_devices=1,2,4,8 --length=65536 --device_memory_gb=16 \
        --big_length=1048576 --big_heads=2]
 
 One step is a jit-compiled forward and `jax.vjp` pullback of a random output gradient to
-q, k, v (as in `experiments.bench_attention`, whose shape flags --window, --heads,
---head_dim, --dtype, --repeats, --warmup this command shares). P = 1 is the single-device
+q, k, v (as in `experiments.bench.attention`, whose shape flags --window, --heads,
+--head_dim, --dtype, --repeats, --warmup this command has too). P = 1 is the single-device
 `sliding_window_attention`; P > 1 is `sharded_sliding_window_attention` with the length
 split over a mesh of P simulated CPU devices. Each measurement runs in a fresh process that
 simulates exactly P devices.
@@ -17,7 +17,7 @@ What it reports:
      which is what one device holds), the time of a step and the process's peak RSS (all
      P simulated devices together; they share this machine's cores, so time does not fall
      with P here), and the bytes each device receives per step, summed over the
-     collectives of the compiled HLO, next to the halo formula.
+     collectives of the compiled HLO (`harness.hlo_collectives`), next to the halo formula.
   2. For each P, the longest total length whose compiled per-device memory fits
      --device_memory_gb (doubling, then bisection, compile only; bounded by
      --max_search_length), and the bytes received per device there: the same as at
@@ -33,7 +33,6 @@ Writes sequence_parallel.json (every figure) and sequence_parallel_tables.md in 
 import functools
 import json
 import os
-import re
 import sys
 import time
 
@@ -45,65 +44,65 @@ from jax.sharding import PartitionSpec
 import numpy as np
 import psutil
 
-from experiments import bench_attention
 from experiments import cli
-from experiments import harness
+from experiments.bench import harness
 from lra import attention
 from lra import errors
 from lra.attention import sequence_parallel
 
+FLAGS = flags.FLAGS
 AXIS = "sequence"
-
-_DEVICES = flags.DEFINE_list("sequence_devices", ["1", "2", "4", "8"],
-                             "Numbers of simulated devices P the length is split over.")
-_LENGTH = flags.DEFINE_integer("length", 65536, "Total length of the fixed-length sweep.")
-_DEVICE_MEMORY_GB = flags.DEFINE_float(
-    "device_memory_gb", 16.0,
-    "Per-device memory of the longest-length search, GB (1e9 B): a 16 GB accelerator.")
-_MAX_SEARCH_LENGTH = flags.DEFINE_integer(
-    "max_search_length", 1 << 23, "Longest total length the search compiles.")
-_BIG_LENGTH = flags.DEFINE_integer(
-    "big_length", 1 << 20, "Total length of the one big step (0: skip it).")
-_BIG_HEADS = flags.DEFINE_integer(
-    "big_heads", 2,
-    "Heads of the executed big step: the simulated devices share this machine's memory, so "
-    "it holds P devices' worth; --heads is compiled at --big_length for its memory alone.")
-_CHECK_LENGTH = flags.DEFINE_integer(
-    "check_length", 16384, "Length of each stretch checked against the single-device core.")
-# --out, shared with bench_attention, is the folder of the outputs here too.
-flags.FLAGS.set_default("out", "docs")
 PARTS = ("fixed", "search", "big")
-_PARTS = flags.DEFINE_list(
-    "parts", list(PARTS),
-    "Parts to measure (1, 2, 3 above); the others are kept from the sequence_parallel.json "
-    "already in --out, which must be of the same shapes.")
-_MEASURE = flags.DEFINE_string(
-    "_measure", None, "Internal: `kind:devices:length:heads` in this process, as one JSON "
-    "line (kind: run, compile, search or big).")
-
-cli.subset_of("parts", PARTS, "the parts")
-cli.positive_ints("sequence_devices", "1,2,4,8")
-
-# Result bytes of a collective's output, per device: `f32[1,256,8,64]{...} collective-permute(`.
-_COLLECTIVE = re.compile(r"=\s*(.*?)\s(all-gather|collective-permute|all-reduce|reduce-scatter|"
-                         r"all-to-all|collective-broadcast)(?:-start)?\(")
-_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
-          "s64": 8, "u64": 8, "f64": 8}
+# Flags a measuring process of this script takes from its parent.
+PASSED_FLAGS = ("window", "head_dim", "dtype", "repeats", "warmup", "device_memory_gb",
+                "max_search_length", "check_length", "malloc_huge_pages")
 
 
-def hlo_collectives(hlo_text: str) -> list[tuple[str, tuple[int, ...], int]]:
-  """`(op, result shape, result bytes)` of every collective of a compiled HLO module (one
-  device's program): the bytes each device receives from it."""
-  found = []
-  for line in hlo_text.splitlines():
-    match = _COLLECTIVE.search(line)
-    if match:
-      arrays = [(dtype, tuple(int(n) for n in dims.split(",") if n))
-                for dtype, dims in _ARRAY.findall(match.group(1))]
-      dtype, shape = max(arrays, key=lambda a: np.prod(a[1]))
-      found.append((match.group(2), shape, int(np.prod(shape)) * _BYTES[dtype]))
-  return found
+def define_flags() -> None:
+  """This benchmark's flags; defined when it runs, so that importing it defines none."""
+  flags.DEFINE_integer("window", 256, "One-sided window w.")
+  flags.DEFINE_integer("heads", 8, "Attention heads.", lower_bound=1)
+  flags.DEFINE_integer("head_dim", 64, "Dimension of each head.", lower_bound=1)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of q, k, v.")
+  flags.DEFINE_integer("repeats", 5, "Timed steps of the fixed-length sweep.", lower_bound=1)
+  flags.DEFINE_integer("warmup", 3, "Untimed steps first (the first compiles).",
+                       lower_bound=1)
+  flags.DEFINE_string("out", "docs", "Folder of the outputs.")
+  flags.DEFINE_bool(
+      "malloc_huge_pages", True,
+      "Run every measuring process with glibc's malloc on transparent huge pages "
+      "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1). No effect without glibc >= 2.35.")
+  flags.DEFINE_list("sequence_devices", ["1", "2", "4", "8"],
+                    "Numbers of simulated devices P the length is split over.")
+  flags.DEFINE_integer("length", 65536, "Total length of the fixed-length sweep.")
+  flags.DEFINE_float(
+      "device_memory_gb", 16.0,
+      "Per-device memory of the longest-length search, GB (1e9 B): a 16 GB accelerator.")
+  flags.DEFINE_integer("max_search_length", 1 << 23,
+                       "Longest total length the search compiles.")
+  flags.DEFINE_integer("big_length", 1 << 20, "Total length of the one big step (0: skip it).")
+  flags.DEFINE_integer(
+      "big_heads", 2,
+      "Heads of the executed big step: the simulated devices share this machine's memory, "
+      "so it holds P devices' worth; --heads is compiled at --big_length for its memory "
+      "alone.")
+  flags.DEFINE_integer("check_length", 16384,
+                       "Length of each stretch checked against the single-device core.")
+  flags.DEFINE_list(
+      "parts", list(PARTS),
+      "Parts to measure (1, 2, 3 above); the others are kept from the sequence_parallel.json "
+      "already in --out, which must be of the same shapes.")
+  flags.DEFINE_string(
+      "_measure", None, "Internal: `kind:devices:length:heads` in this process, as one JSON "
+      "line (kind: run, compile, search or big).")
+  flags.register_validator("window", lambda w: w > 0, "must be > 0 (the one-sided window w)")
+  cli.subset_of("parts", PARTS, "the parts")
+  cli.positive_ints("sequence_devices", "1,2,4,8")
+
+
+def setup_from_flags() -> harness.Setup:
+  return harness.Setup(window=FLAGS.window, heads=FLAGS.heads, head_dim=FLAGS.head_dim,
+                       batch=1, dtype=FLAGS.dtype)
 
 
 def halo_bytes(window: int, heads: int, head_dim: int, itemsize: int) -> int:
@@ -135,8 +134,9 @@ def _step(devices: int, window: int):
   return mesh, sharding, step
 
 
-def _compile(devices: int, length: int, heads: int, setup):
-  """The compiled step, its input sharding, and its per-device memory and collectives."""
+def compile_step(devices: int, length: int, heads: int, setup: harness.Setup):
+  """The compiled step on `devices` devices (this process must have that many), its input
+  sharding, and the record of its per-device memory and collectives."""
   mesh, sharding, step = _step(devices, setup.window)
   spec = jax.ShapeDtypeStruct((1, length, heads, setup.head_dim), jnp.dtype(setup.dtype),
                               sharding=sharding)
@@ -144,7 +144,7 @@ def _compile(devices: int, length: int, heads: int, setup):
   with jax.set_mesh(mesh):
     compiled = step.lower(spec, spec, spec, spec).compile()
   memory = harness.compiled_memory_gb(compiled)
-  collectives = hlo_collectives(compiled.as_text())
+  collectives = harness.hlo_collectives(compiled.as_text())
   return compiled, sharding, {
       "devices": devices, "length": length, "heads": heads,
       "shard_length": -(-length // devices),
@@ -163,7 +163,7 @@ def _stretch_errors(inputs, results, setup) -> list[dict]:
   every shard boundary and at both ends: the core runs on the stretch alone, and rows whose
   window (output, dq) or whose queries' windows (dk, dv) reach past a cut are left out."""
   q = inputs[1]
-  length, window, n = q.shape[1], setup.window, _CHECK_LENGTH.value
+  length, window, n = q.shape[1], setup.window, FLAGS.check_length
   devices = len(jax.devices())
   shard = -(-length // devices)
   starts = sorted({0, length - n, *(max(0, min(b * shard - n // 2, length - n))
@@ -186,7 +186,7 @@ def _stretch_errors(inputs, results, setup) -> list[dict]:
 
 def _run_step(devices: int, length: int, heads: int, setup, *, repeats: int,
               warmup: int, check: bool) -> dict:
-  compiled, sharding, record = _compile(devices, length, heads, setup)
+  compiled, sharding, record = compile_step(devices, length, heads, setup)
   # All P devices live in this process.
   need_gb = record["device_memory_gb"] * devices
   available_gb = psutil.virtual_memory().available / 1e9
@@ -207,16 +207,16 @@ def _search(devices: int, start_length: int, heads: int, setup) -> dict:
   """The longest total length (a multiple of devices * 1024) whose compiled per-device
   memory fits --device_memory_gb: doubling, then bisection; compile only."""
   unit = devices * 1024
-  budget = _DEVICE_MEMORY_GB.value
+  budget = FLAGS.device_memory_gb
   fits, fails, tried = None, None, []
 
   def measure(length):
-    record = _compile(devices, length, heads, setup)[2]
+    record = compile_step(devices, length, heads, setup)[2]
     tried.append({k: record[k] for k in ("length", "device_memory_gb")})
     return record if record["device_memory_gb"] <= budget else None
 
   length = max(unit, start_length // unit * unit)
-  while length <= _MAX_SEARCH_LENGTH.value:
+  while length <= FLAGS.max_search_length:
     record = measure(length)
     if record is None:
       fails = length
@@ -240,12 +240,12 @@ def measure_one(spec: str, setup) -> dict:
   kind, devices, length, heads = spec.split(":")
   devices, length, heads = int(devices), int(length), int(heads)
   if kind == "compile":
-    return _compile(devices, length, heads, setup)[2]
+    return compile_step(devices, length, heads, setup)[2]
   if kind == "search":
     return _search(devices, length, heads, setup)
   if kind == "run":
-    return _run_step(devices, length, heads, setup, repeats=flags.FLAGS.repeats,
-                     warmup=flags.FLAGS.warmup, check=False)
+    return _run_step(devices, length, heads, setup, repeats=FLAGS.repeats,
+                     warmup=FLAGS.warmup, check=False)
   if kind == "big":
     return _run_step(devices, length, heads, setup, repeats=1, warmup=0, check=True)
   raise errors.ConfigError(f"unknown measurement {spec!r}")
@@ -257,12 +257,10 @@ def measure_one(spec: str, setup) -> dict:
 
 def _measure(kind: str, devices: int, length: int, heads: int) -> dict:
   """Runs one measurement in a fresh process that simulates `devices` CPU devices."""
-  passed = ("window", "head_dim", "dtype", "repeats", "warmup", "device_memory_gb",
-            "max_search_length", "check_length", "malloc_huge_pages")
-  command = [sys.executable, "-m", "experiments.bench_sequence_parallel",
+  command = [sys.executable, "-m", "experiments.bench.sequence_parallel",
              f"--_measure={kind}:{devices}:{length}:{heads}",
-             *(flags.FLAGS[name].serialize() for name in passed)]
-  env = harness.child_env(huge_pages=flags.FLAGS.malloc_huge_pages, JAX_PLATFORMS="cpu",
+             *(FLAGS[name].serialize() for name in PASSED_FLAGS)]
+  env = harness.child_env(huge_pages=FLAGS.malloc_huge_pages, JAX_PLATFORMS="cpu",
                           XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   print(f"{kind} P={devices} length={length} heads={heads} ...", flush=True)
   record = harness.measure_in_child(command, env=env)
@@ -372,38 +370,38 @@ def markdown(results: dict) -> str:
 
 def main(argv):
   del argv
-  setup = bench_attention.Setup.from_flags()
-  if _MEASURE.value:
-    harness.print_record(measure_one(_MEASURE.value, setup))
+  setup = setup_from_flags()
+  if FLAGS["_measure"].value:
+    harness.print_record(measure_one(FLAGS["_measure"].value, setup))
     return
-  devices = sorted({int(p) for p in _DEVICES.value})
-  heads, length = setup.heads, _LENGTH.value
+  devices = sorted({int(p) for p in FLAGS.sequence_devices})
+  heads, length = setup.heads, FLAGS.length
   results = {
       "machine": {"cpu": harness.cpu_model(), "cores": harness.cores(), "jax": jax.__version__,
                   "window": setup.window, "heads": heads, "head_dim": setup.head_dim,
                   "dtype": setup.dtype, "devices": devices},
-      "length": length, "device_memory_gb": _DEVICE_MEMORY_GB.value,
-      "big_length": _BIG_LENGTH.value, "check_length": _CHECK_LENGTH.value,
+      "length": length, "device_memory_gb": FLAGS.device_memory_gb,
+      "big_length": FLAGS.big_length, "check_length": FLAGS.check_length,
   }
-  out = os.path.join(flags.FLAGS.out, "sequence_parallel")
+  out = os.path.join(FLAGS.out, "sequence_parallel")
   kept_by = _kept_parts(results, out + ".json")
-  if "fixed" in _PARTS.value:
+  if "fixed" in FLAGS.parts:
     results["fixed"] = [{"devices": p, **_measure("run", p, length, heads)} for p in devices]
-  if "search" in _PARTS.value:
+  if "search" in FLAGS.parts:
     results["search"] = [{"devices": p, **_measure("search", p, length, heads)}
                          for p in devices]
-  if "big" in _PARTS.value and _BIG_LENGTH.value:
+  if "big" in FLAGS.parts and FLAGS.big_length:
     most = devices[-1]
     results["big"] = {
-        "compiled": _measure("compile", most, _BIG_LENGTH.value, heads),
-        "run": _measure("big", most, _BIG_LENGTH.value, _BIG_HEADS.value),
+        "compiled": _measure("compile", most, FLAGS.big_length, heads),
+        "run": _measure("big", most, FLAGS.big_length, FLAGS.big_heads),
     }
-  by = {"command": " ".join(["python -m experiments.bench_sequence_parallel", *sys.argv[1:]]),
+  by = {"command": " ".join(["python -m experiments.bench.sequence_parallel", *sys.argv[1:]]),
         "commit": harness.commit()}
-  results["measured_by"] = {part: by if part in _PARTS.value else kept_by[part]
+  results["measured_by"] = {part: by if part in FLAGS.parts else kept_by[part]
                             for part in PARTS if part in results}
   text = markdown(results)
-  harness.write_outputs(flags.FLAGS.out, "sequence_parallel_tables", markdown=text)
+  harness.write_outputs(FLAGS.out, "sequence_parallel_tables", markdown=text)
   harness.write_json(out + ".json", results)
   print()
   print(text)
@@ -413,7 +411,7 @@ def main(argv):
 def _kept_parts(results: dict, path: str) -> dict:
   """Copies into `results` the parts not measured now from an earlier run at `path`;
   returns who measured them."""
-  kept = [part for part in PARTS if part not in _PARTS.value]
+  kept = [part for part in PARTS if part not in FLAGS.parts]
   if not kept or not os.path.exists(path):
     return {}
   with open(path) as f:
@@ -428,4 +426,5 @@ def _kept_parts(results: dict, path: str) -> dict:
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

@@ -1,7 +1,7 @@
 """Training speed and memory of whole models against length: `compare --efficiency`.
 
 Measures the training steps/s and peak memory of each variant's whole model at each length
-(LRA's Table 2, Longformer's Figure 1) with `experiments.bench_model` (a fresh process per
+(LRA's Table 2, Longformer's Figure 1) with `experiments.bench.model` (a fresh process per
 measurement, on random tokens), relative to full attention (the first variant compared whose
 mechanism the registry marks quadratic), and finds the length from which each variant trains
 faster than it and how its memory and time grow with length. Writes efficiency.md,
@@ -16,7 +16,7 @@ import sys
 from absl import flags
 
 from experiments import cli
-from experiments import harness
+from experiments.bench import harness
 from lra import attention
 
 COLUMNS = ("variant", "length", "batch", "status", "steps_per_sec", "steps_per_sec_vs_full",
@@ -57,14 +57,14 @@ def _skip(config: dict, length: int) -> str | None:
 
 
 def _bench(spec: str, length: int, overrides: list[str], out: str) -> dict:
-  """One `experiments.bench_model` measurement, or why it failed."""
-  command = [sys.executable, "-m", "experiments.bench_model", f"--config={spec}", *overrides,
+  """One `experiments.bench.model` measurement, or why it failed."""
+  command = [sys.executable, "-m", "experiments.bench.model", f"--config={spec}", *overrides,
              f"--config.batch_size={_BATCH.value}", f"--config.data.max_length={length}",
              f"--steps={_STEPS.value}", f"--out={out}"]
   stdout, failure = harness.run_child(command)
   if stdout is None:
     return {"status": f"failed: {failure}"}
-  # bench_model appends its record to bench_model.jsonl; this one is the last line.
+  # experiments.bench.model appends its record to bench_model.jsonl; this one is the last line.
   with open(os.path.join(out, "bench_model.jsonl")) as f:
     record = json.loads(f.readlines()[-1])
   return {"status": "ok", "steps_per_sec": record["steps_per_sec"],
@@ -126,7 +126,7 @@ def markdown(rows: list[dict], title: str, full_variant: str | None, steps: int,
             fmt(row.get("steps_per_sec_vs_full"), ".2f"), fmt(row.get("peak_memory_gb"), ".2f"),
             fmt(row.get("memory_vs_full"), ".2f"), "" if row["status"] == "ok" else row["status"]]
            for row in rows)),
-      f"Each row: the jitted train step of the whole model (`experiments.bench_model`, random "
+      f"Each row: the jitted train step of the whole model (`experiments.bench.model`, random "
       f"tokens, no padding) in a fresh process on {_device(rows)} with {harness.cores()} cores; "
       f"steps/s from the median of {steps} steps after the compiling one; peak "
       "memory is the process's peak RSS (GB, 1e9 bytes), JAX's runtime included.",

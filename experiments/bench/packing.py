@@ -1,6 +1,6 @@
 r"""Self-pretraining with and without packed rows: tokens per second and the loss curve.
 
-  python -m experiments.packing \
+  python -m experiments.bench.packing \
       --config=configs/listops.py:attention=longformer,size=small,pretrain=mlm \
       --steps=400 --out=docs/results/packing_listops
 
@@ -84,7 +84,7 @@ def main(argv):
   del argv
   os.makedirs(_OUT.value, exist_ok=True)
   cli.log_to_file(os.path.join(_OUT.value, "packing.log"))
-  from experiments import harness  # pylint: disable=g-import-not-at-top
+  from experiments.bench import harness  # pylint: disable=g-import-not-at-top
   from experiments import plotting  # pylint: disable=g-import-not-at-top
   from lra import data as lra_data  # pylint: disable=g-import-not-at-top
   from lra import errors  # pylint: disable=g-import-not-at-top

@@ -16,19 +16,19 @@ interpreter, torch and transformers) is its own; `base_rss_gb` is its RSS after 
 before the first step. GB are 10**9 bytes.
 
 torch and transformers are no dependency of the project, and this script imports neither
-jax nor `lra` (only `experiments/harness.py`, which needs neither). Install them in a
+jax nor `lra` (only `experiments.bench.harness`, which needs neither). Install them in a
 scratch virtual environment and run it from the repository root:
 
   python3 -m venv /tmp/hfvenv && \
     /tmp/hfvenv/bin/pip install torch==2.13.0 transformers==5.24.0 psutil
-  /tmp/hfvenv/bin/python experiments/bench_hf_longformer.py \
+  /tmp/hfvenv/bin/python -m experiments.bench.hf_longformer \
     --lengths=1024,4096 --repeats=3 --out=results/hf_longformer.json
 
 It prints the median seconds per step of each length and, with `--out`, writes a JSON list
 of {"length", "median_s", "times_s", "peak_rss_gb", "base_rss_gb"}.
 
 With `--model`, the whole `LongformerModel` is timed instead (what
-`experiments.bench_pretrained` runs beside the project's model): random weights of
+`experiments.bench.pretrained` runs beside the project's model): random weights of
 `--layers` layers of `--heads` x `--head_dim` (MLP 4x wider, vocabulary 50265, 4098
 positions, as `allenai/longformer-base-4096`), `--global_tokens` leading global tokens, eval
 mode, and one step is the forward and the backward of `sum(last_hidden_state * g)` into every
@@ -44,9 +44,7 @@ import torch
 import transformers
 from transformers.models.longformer import modeling_longformer
 
-# Run as a file by another interpreter: the harness is found from the repository root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments.bench import harness
 
 _PROJECTIONS = ("query", "key", "value", "query_global", "key_global", "value_global")
 
@@ -181,8 +179,9 @@ def main():
   results = []
   for length in args.lengths:
     # This run's arguments, then one length: argparse keeps an option's last value.
-    record = harness.measure_in_child([sys.executable, os.path.abspath(__file__),
-                                       *sys.argv[1:], "--child", f"--lengths={length}"])
+    record = harness.measure_in_child(
+        [sys.executable, "-m", "experiments.bench.hf_longformer", *sys.argv[1:], "--child",
+         f"--lengths={length}"], cwd=harness.REPO)
     status = record.pop("status")
     if status != "ok":
       print(f"length {length}: the measurement {status}", file=sys.stderr)

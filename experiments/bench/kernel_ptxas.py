@@ -4,11 +4,12 @@ Two steps in two Pythons, because Triton is not a project dependency:
 
   # 1. With the project's Python: lower forward + backward for CUDA and keep each Triton
   #    kernel's IR (and its launch settings) in a folder.
-  .venv/bin/python -m experiments.kernel_ptxas dump --out=results/ptxas --length=16384
+  .venv/bin/python -m experiments.bench.kernel_ptxas dump --out=results/ptxas --length=16384
   # 2. With a Python that has the `triton` package (the GPU's Triton version, e.g.
-  #    `python3 -m venv /tmp/triton && /tmp/triton/bin/pip install triton==3.6.0`): compile
-  #    each kernel for sm_90 at its launch settings and read ptxas' report.
-  /tmp/triton/bin/python experiments/kernel_ptxas.py compile --dir=results/ptxas
+  #    `python3 -m venv /tmp/triton && /tmp/triton/bin/pip install triton==3.6.0`), from
+  #    the repository's root: compile each kernel for sm_90 at its launch settings and read
+  #    ptxas' report.
+  /tmp/triton/bin/python -m experiments.bench.kernel_ptxas compile --dir=results/ptxas
 
 `compile` writes `ptxas.json` and `ptxas.md`: per kernel, its warps and stages, registers
 per thread, spill stores and loads, static shared memory, and the count of `ex2.approx`
@@ -24,6 +25,8 @@ import re
 import subprocess
 import sys
 
+from experiments.bench import harness
+
 
 def dump(args) -> None:
   """Lowers forward + backward of `sliding_window_attention` on the kernels for CUDA and
@@ -34,7 +37,6 @@ def dump(args) -> None:
   from jax._src.pallas.triton import pallas_call_registration  # pylint: disable=g-import-not-at-top
 
   from lra import attention  # pylint: disable=g-import-not-at-top
-  from lra.attention.kernels import gpu  # pylint: disable=g-import-not-at-top
   from lra.attention.kernels import launch  # pylint: disable=g-import-not-at-top
 
   os.makedirs(args.out, exist_ok=True)
@@ -72,15 +74,13 @@ def dump(args) -> None:
     kernel, warps, stages = spec.split(":")
     overrides[kernel] = launch.Settings(int(warps), int(stages))
   lowering.lower_jaxpr_to_triton_module = capture
-  previous, gpu.BACKWARD = gpu.BACKWARD, args.backward
   try:
-    with launch.overridden(overrides):
+    with launch.overridden(overrides), harness.pallas_backward(args.backward):
       export.export(jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=("cuda",),
                     disabled_checks=[export.DisabledSafetyCheck.custom_call(
                         "__gpu$xla.gpu.triton")])(*inputs)
   finally:
     lowering.lower_jaxpr_to_triton_module = lower
-    gpu.BACKWARD = previous
   with open(os.path.join(args.out, "kernels.json"), "w") as f:
     json.dump({"shape": vars(args), "kernels": found}, f, indent=1, default=str)
   print(f"wrote {len(found)} kernels to {args.out}: {', '.join(sorted(found))}")

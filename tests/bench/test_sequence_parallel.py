@@ -4,12 +4,11 @@ import json
 
 import pytest
 
-from experiments import bench_attention
-from experiments import bench_sequence_parallel
+from experiments.bench import harness
+from experiments.bench import sequence_parallel as bench_sequence_parallel
 from tests import entry_points
 
-SETUP = bench_attention.Setup(window=16, heads=2, head_dim=8, batch=1, dtype="float32",
-                              dilations=(1, 1))
+SETUP = harness.Setup(window=16, heads=2, head_dim=8, batch=1, dtype="float32")
 
 
 def test_received_bytes_are_the_halos_whatever_the_length():
@@ -17,7 +16,7 @@ def test_received_bytes_are_the_halos_whatever_the_length():
   bytes, at two lengths alike."""
   received = []
   for length in (1024, 4096):
-    record = bench_sequence_parallel._compile(4, length, 2, SETUP)[2]  # pylint: disable=protected-access
+    record = bench_sequence_parallel.compile_step(4, length, 2, SETUP)[2]
     assert {c.split(" ")[0] for c in record["collectives"]} == {"collective-permute"}
     received.append(record["device_received_bytes"])
   assert received == [bench_sequence_parallel.halo_bytes(16, 2, 8, 4)] * 2
@@ -26,7 +25,7 @@ def test_received_bytes_are_the_halos_whatever_the_length():
 @pytest.mark.slow
 def test_tiny_run_writes_tables_and_json(tmp_path):
   completed = entry_points.run_module(
-      "bench_sequence_parallel", f"--out={tmp_path}", "--length=2048", "--window=16",
+      "bench.sequence_parallel", f"--out={tmp_path}", "--length=2048", "--window=16",
       "--heads=2", "--head_dim=8", "--sequence_devices=1,2", "--repeats=1", "--warmup=1",
       "--device_memory_gb=0.002", "--max_search_length=16384", "--big_length=4096",
       "--check_length=1024", timeout=600)
