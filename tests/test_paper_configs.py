@@ -53,9 +53,10 @@ def test_paper_configs_run_on_the_kernels(spec):
     head_dim = layer.query.out_features[-1]
     q = jax.ShapeDtypeStruct((2, LENGTH, layer.num_heads, head_dim), jnp.float32)
     global_mask = np.zeros((2, LENGTH), bool) if core.uses_global else None
-    call = lambda q, core=core, rate=layer.dropout_rate or 0.1: core(
-        q, q, q, global_mask=global_mask, dropout_rate=rate, dropout_rng=jax.random.key(0))
     for backend in ("gpu", "tpu"):
+      # A new function each time: a traced one is cached.
+      call = lambda q, core=core, rate=layer.dropout_rate or 0.1: core(
+          q, q, q, global_mask=global_mask, dropout_rate=rate, dropout_rng=jax.random.key(0))
       calls.clear()
       with mock.patch.object(jax, "default_backend", lambda b=backend: b), \
            mock.patch.object(kernels, "band_attention", recorder):
