@@ -87,10 +87,14 @@ def charlm_config(data_format: str, arg: str | None) -> ml_collections.ConfigDic
   # linear warmup of `warmup_steps`.
   config.phases = ml_collections.ConfigDict(PRESETS[args.size].phases)
   config.num_train_steps = common.computed(sum, config.phases.get_ref("steps"), field_type=int)
-  # Bits per character over windows of `length`, `step` apart, each scoring its last
-  # `scored_length` predictions (the first window scores all); max_chars > 0 evaluates only
-  # the first max_chars characters of a split.
-  config.evaluation = ml_collections.ConfigDict(PRESETS[args.size].evaluation)
+  # Bits per character. protocol=strided: over windows of `length`, `step` apart, each
+  # scoring its last `scored_length` predictions (the first window scores all), the paper's;
+  # protocol=streaming: one pass through the rolling caches of the decoder, every character
+  # predicted once from all the context its windows reach, in `streams` stretches side by
+  # side, `chunk` characters per step (lra.generation). max_chars > 0 evaluates only the
+  # first max_chars characters of a split.
+  config.evaluation = ml_collections.ConfigDict(
+      dict(PRESETS[args.size].evaluation, protocol="strided", streams=8, chunk=512))
 
   config.optimizer.schedule = "phases"  # learning rates and warmups: config.phases
   del config.optimizer["learning_rate"], config.optimizer["warmup_steps"]

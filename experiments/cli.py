@@ -204,6 +204,14 @@ def log_to_file(path: str) -> None:
   logging.root.addHandler(terminal)
 
 
+def log_to_run(workdir: str, name: str) -> None:
+  """`log_to_file(<workdir>/<name>)`, for a command that reads a training run's workdir."""
+  if not os.path.isdir(workdir):
+    raise errors.UserError(
+        f"--workdir={workdir} is not a folder: give the workdir of a training run")
+  log_to_file(os.path.join(workdir, name))
+
+
 def _is_project(record: logging.LogRecord) -> bool:
   return os.path.abspath(record.pathname).startswith(_PROJECT_DIRS)
 

@@ -35,8 +35,10 @@ _STEP = flags.DEFINE_integer("step", None, "strided: window step, and the predic
                              "window scores (default: the run's).")
 _MAX_CHARS = flags.DEFINE_integer("max_chars", None, "Score the first characters of the split "
                                   "only (default: the run's evaluation.max_chars; 0: all).")
-_STREAMS = flags.DEFINE_integer("streams", 8, "streaming: stretches decoded side by side.")
-_CHUNK = flags.DEFINE_integer("chunk", 512, "streaming: characters per decoding step.")
+_STREAMS = flags.DEFINE_integer("streams", None, "streaming: stretches decoded side by side "
+                                "(default: the run's).")
+_CHUNK = flags.DEFINE_integer("chunk", None, "streaming: characters per decoding step "
+                              "(default: the run's).")
 _BATCH = flags.DEFINE_integer("batch", None, "strided: windows per step (default: the run's).")
 _OUT = flags.DEFINE_string("out", None, "Folder of the JSON (default: --workdir).")
 flags.mark_flags_as_required(["workdir"])
@@ -63,9 +65,11 @@ def main(argv):
   from lra import data as lra_data  # pylint: disable=g-import-not-at-top
   from lra import generation  # pylint: disable=g-import-not-at-top
   from lra import runs  # pylint: disable=g-import-not-at-top
+  cli.log_to_run(_WORKDIR.value, "evaluate_lm.log")
   run = runs.load_lm(_WORKDIR.value)
   evaluation = ml_collections.ConfigDict(dict(run.config.evaluation))
-  for name, flag in (("length", _LENGTH), ("step", _STEP), ("max_chars", _MAX_CHARS)):
+  for name, flag in (("length", _LENGTH), ("step", _STEP), ("max_chars", _MAX_CHARS),
+                     ("streams", _STREAMS), ("chunk", _CHUNK)):
     if flag.value is not None:
       evaluation[name] = flag.value
   if _STEP.value is not None:
@@ -77,12 +81,11 @@ def main(argv):
   batch_size = _BATCH.value or run.config.eval_batch_size
   measure = {
       "streaming": lambda text: generation.streaming_bits(
-          run.model, text, streams=_STREAMS.value, chunk=_CHUNK.value),
+          run.model, text, streams=evaluation.streams, chunk=evaluation.chunk),
       "strided": lambda text: strided_bits(run, text, evaluation, batch_size),
   }
   results = {"workdir": _WORKDIR.value, "step": run.step, "split": _SPLIT.value,
-             "characters": len(tokens), "evaluation": evaluation.to_dict(),
-             "streams": _STREAMS.value, "chunk": _CHUNK.value}
+             "characters": len(tokens), "evaluation": evaluation.to_dict()}
   for protocol in _PROTOCOLS.value:
     measure[protocol](tokens[:2 * evaluation.length + 1])  # compiles the shapes
     scored = measure[protocol](tokens)

@@ -37,6 +37,7 @@ def main(argv):
     raise errors.UserError("--num_chars, --batch and --chunk must be >= 1")
   from lra import generation  # pylint: disable=g-import-not-at-top
   from lra import runs  # pylint: disable=g-import-not-at-top
+  cli.log_to_run(_WORKDIR.value, "generate.log")
   run = runs.load_lm(_WORKDIR.value)
   prompt = np.frombuffer(_PROMPT.value.encode("utf-8"), np.uint8).astype(np.int32)
   prompts = np.repeat(prompt[None], _BATCH.value, axis=0)

@@ -131,6 +131,14 @@ def streaming_bits(model, tokens: np.ndarray, *, streams: int = 8, chunk: int = 
           "seconds": time.perf_counter() - start}
 
 
+def streaming_sums(model, text: np.ndarray, evaluation) -> dict[str, float]:
+  """A char-LM's summed metrics of `text` (`loss` in nats, `bits`, `count`) by
+  `streaming_bits` with the `streams` and `chunk` of its config's `evaluation`."""
+  scored = streaming_bits(model, text, streams=evaluation.streams, chunk=evaluation.chunk)
+  return {"loss": scored["bits"] * math.log(2.0), "bits": scored["bits"],
+          "count": scored["count"]}
+
+
 @nnx.jit
 def _chunk_bits(model, inputs_BxT, cache, targets_BxT, weights_BxT):
   logits, cache = model.decode(inputs_BxT, cache)

@@ -1,26 +1,23 @@
 """`train_and_evaluate(config, workdir)`: the one trainer of every task.
 
-Tasks differ only in their data and model; this loop is shared and knows a task only through
+Tasks differ only in their data and model; this loop knows a task only through
 `lra.data.task(config)` (its phases, pipelines and metrics; see `lra/data/__init__.py`) and
 `lra.models.build`. Here are the check of a config at launch, the jitted steps, the stages
-and the loop; `lra.sharding` places the batches on the device mesh, `lra.optimizers` makes
-the optimizer, `lra.checkpointing` keeps the workdir (`config.json`, `vocab.json`,
-`metrics.jsonl`, `checkpoints/`, `best/`, at the end `results.json`) and `lra.reporting`
-logs the progress. Each phase of training (one for most tasks) has its own model graph and
-jitted steps over shared parameters.
+and the loop; `lra.sharding` places the batches, `lra.optimizers` makes the optimizer,
+`lra.checkpointing` keeps the workdir (`config.json`, `vocab.json`, `metrics.jsonl`,
+`checkpoints/`, `best/`, at the end `results.json`) and `lra.reporting` logs the progress.
+Each phase of training has its own model graph and jitted steps over shared parameters.
 
 A run is one stage, or two with self-pretraining (`config.pretrain.objective` mlm or causal;
-`lra.pretraining`): the `pretrain` stage trains steps 1 .. `pretrain.num_steps`, then the
-task's stage the next `num_train_steps` steps from the pretrained encoder with a fresh
-head, optimizer state and schedule. A stage's phases and its logging, evaluation and
-checkpoint intervals count its own steps; `metrics.jsonl` and the checkpoints number the
-run's (records `pretrain_*` in the first stage, `train_*` and `val_*` in the second).
+`lra.pretraining`): `pretrain` trains steps 1 .. `pretrain.num_steps`, then the task's stage
+the next `num_train_steps` steps from the pretrained encoder with a fresh head, optimizer
+state and schedule. A stage's phases and intervals count its own steps; `metrics.jsonl` and
+the checkpoints number the run's (`pretrain_*` records, then `train_*` and `val_*`).
 
 Relaunching on the same workdir resumes from the last checkpoint (across the stages'
 boundary too): the batches, dropout keys and metrics after it are those of an uninterrupted
-run. The test score is that of the best validation checkpoint, never of the last step
-(unless `best/` was emptied by hand; then a warning says so, and `results.json`'s
-`tested_step` is the last step).
+run. The test score is that of the best validation checkpoint (the last step's, with a
+warning and `results.json`'s `tested_step` saying so, if `best/` was emptied by hand).
 """
 
 import copy
@@ -42,6 +39,7 @@ from lra import attention as attention_lib
 from lra import checkpointing
 from lra import data as lra_data
 from lra import errors
+from lra import generation
 from lra import models
 from lra import optimizers
 from lra import pretraining
@@ -93,9 +91,9 @@ class Steps:
   """The initial train state and the jitted steps of one config on one device mesh."""
 
   state: dict[str, Any]  # {"step", "params", "opt_state"}, replicated over the mesh
-  train_steps: list[Callable]  # per phase: (state, batch) -> (state, summed metrics);
-                               # donates the state
+  train_steps: list[Callable]  # per phase: (state, batch) -> (state, sums), state donated
   eval_steps: list[Callable]  # per phase: (params, batch) -> summed metrics
+  graphs: list[tuple]  # per phase: the model's (graphdef, rest): nnx.merge(g, params, rest)
   schedule: Callable  # step -> learning rate
   num_params: int
 
@@ -135,7 +133,7 @@ def build_steps(config, data: lra_data.TaskData, mesh,
     train_step, eval_step = _jit_steps(graphdef, rest, tx, dropout_key, replicated)
     train_steps.append(train_step)
     eval_steps.append(eval_step)
-  return Steps(state, train_steps, eval_steps, schedule, num_params)
+  return Steps(state, train_steps, eval_steps, graphdefs, schedule, num_params)
 
 
 def _jit_steps(graphdef, rest, tx, dropout_key, replicated):
@@ -245,6 +243,10 @@ def _train_and_test(config, run: checkpointing.Workdir, stages: list[Stage],
   mesh = jax.sharding.get_abstract_mesh()  # the run's, in context
 
   def evaluate(params, split: str, phase: int) -> dict[str, float]:
+    if pipelines.texts is not None:  # one streaming pass of the model over the split
+      graphdef, rest = final.steps.graphs[phase]
+      return metrics.summarize(generation.streaming_sums(
+          nnx.merge(graphdef, params, rest), pipelines.texts[split], config.evaluation))
     total = None
     for batch in pipelines.evaluation(split, phase):
       sums = final.steps.eval_steps[phase](params, place(batch))

@@ -25,7 +25,8 @@ from tests.entry_points import finish
 from tests.entry_points import launch
 
 
-def _config(data_path):
+def tiny_lm_config(data_path):
+  """The tiny char-LM config (`configs/enwik8.py`) on the text file `data_path`."""
   config = config_common.load_config(os.path.join(REPO, "configs/enwik8.py:size=tiny"))
   with config.unlocked():
     config.data_path = data_path
@@ -42,7 +43,7 @@ def _expected_learning_rate(phases, count: int) -> float:
 
 
 def test_staged_schedule_windows_lengths_batches_and_learning_rates(tmp_path):
-  config = _config(fixtures.write_text(tmp_path))
+  config = tiny_lm_config(fixtures.write_text(tmp_path))
   with config.unlocked():  # longer phases, so that warmups show
     config.phases.update(steps=(5, 4), warmup_steps=(3, 2))
     config.num_train_steps = 9
@@ -75,12 +76,15 @@ def test_staged_schedule_windows_lengths_batches_and_learning_rates(tmp_path):
     ("num_train_steps", 5, "must equal the sum of config.phases.steps"),
     ("phases.batch_size", (4, 2, 2), "one entry per phase"),
     ("phases.batch_size", (4, 3), r"phases.batch_size\[1\]=3 does not divide over"),
+    ("evaluation.protocol", "sliding", "evaluation.protocol must be one of strided, streaming"),
+    ("evaluation.chunk", 0, "evaluation.streams and evaluation.chunk must be >= 1"),
 ])
 def test_bad_phases_are_config_errors(tmp_path, field, value, message):
-  config = _config(fixtures.write_text(tmp_path))
+  config = tiny_lm_config(fixtures.write_text(tmp_path))
   with config.unlocked():
-    if field.startswith("phases."):
-      config.phases[field.split(".")[1]] = value
+    if "." in field:
+      section, key = field.split(".")
+      config[section][key] = value
     else:
       config[field] = value
   with pytest.raises(errors.ConfigError, match=message):
@@ -107,7 +111,7 @@ def test_tiny_lm_trains_evaluates_bpc_and_resumes_across_a_phase_boundary(tmp_pa
       np.fromfile(text, np.uint8)[-(os.path.getsize(text) // 20):]))
   assert (tmp_path / "reference" / "curves.png").exists()
   # The learning rate logged at every other step is its phase's.
-  config = _config(text)
+  config = tiny_lm_config(text)
   with config.unlocked():
     config.phases.steps = (6, 6)
   for line in open(tmp_path / "reference" / "metrics.jsonl"):

@@ -117,11 +117,15 @@ class Pipelines:
     evaluation: `(split name, phase) -> batches` of one pass over the split.
     baseline: the test score of a model that ignores its input (`Metrics.baseline` names
       it), or None when it cannot be computed.
+    texts: split name -> its text (token ids), where a split is scored in one streaming
+      pass of the model instead of in `evaluation`'s batches (the char-LM's
+      `evaluation.protocol = "streaming"`); None otherwise.
   """
 
   train: Iterator[dict[str, np.ndarray]]
   evaluation: Callable[[str, int], Iterable[dict[str, np.ndarray]]]
   baseline: float | None
+  texts: dict[str, np.ndarray] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

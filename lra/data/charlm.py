@@ -48,6 +48,11 @@ _SOURCES = {
 }
 
 
+# How a split is scored: `strided` windows (the Longformer paper's protocol), or one
+# `streaming` pass through the model's rolling caches (`lra.generation.streaming_bits`).
+PROTOCOLS = ("strided", "streaming")
+
+
 def split_bounds(num_bytes: int) -> list[tuple[int, int]]:
   """`[start, end)` byte ranges of train, val and test: 90% / 5% / 5%.
 
@@ -161,6 +166,14 @@ def eval_batches(tokens: np.ndarray, evaluation, *,
 
 
 def check_evaluation(evaluation) -> None:
+  if evaluation.protocol not in PROTOCOLS:
+    raise errors.ConfigError(
+        f"evaluation.protocol must be one of {', '.join(PROTOCOLS)}, got "
+        f"{evaluation.protocol!r}")
+  if evaluation.streams < 1 or evaluation.chunk < 1:
+    raise errors.ConfigError(
+        f"evaluation.streams and evaluation.chunk must be >= 1, got {evaluation.streams} "
+        f"and {evaluation.chunk}")
   if not 0 < evaluation.step <= evaluation.length:
     raise errors.ConfigError(
         f"evaluation.step must be in [1, evaluation.length={evaluation.length}], got "
@@ -215,13 +228,18 @@ def _phase_schedule(phase_fields):
 
 
 def pipelines(config, data: TaskData) -> lra_data.Pipelines:
-  """Random crops of each step's phase for training; scored windows for evaluation."""
+  """Random crops of each step's phase for training; scored windows for evaluation, or
+  the texts of the splits for the streaming protocol."""
+  evaluation = config.evaluation
+  texts = None
+  if evaluation.protocol == "streaming":
+    texts = {split: data.splits[split]["tokens"][:evaluation.max_chars or None]
+             for split in ("val", "test")}
   return lra_data.Pipelines(
       train=train_iterator(data.splits["train"]["tokens"], config.phases, seed=config.seed),
-      evaluation=lambda split, phase: eval_batches(data.splits[split]["tokens"],
-                                                   config.evaluation,
+      evaluation=lambda split, phase: eval_batches(data.splits[split]["tokens"], evaluation,
                                                    batch_size=config.eval_batch_size),
-      baseline=unigram_entropy_bits(data.splits["test"]["tokens"]))
+      baseline=unigram_entropy_bits(data.splits["test"]["tokens"]), texts=texts)
 
 
 # Bits per character pick the best checkpoint; the test split's unigram entropy is the
