@@ -5,7 +5,7 @@ Launch (the file unzipped from http://mattmahoney.net/dc/enwik8.zip; split 90M/5
   python -m experiments.train --config=configs/enwik8.py --config.data_path=enwik8 \
       --workdir=runs/enwik8
   # A CPU run of minutes on any text file (split 90/5/5), e.g. the Python documentation
-  # sources from Debian's python3.11-doc package (see docs/results.md):
+  # sources from Debian's python3.11-doc package (see docs/decoding.md):
   python -m experiments.train --config=configs/enwik8.py:size=small \
       --config.data_path=data/python_docs.txt --config.data.format=text \
       --workdir=runs/charlm_small
@@ -46,7 +46,9 @@ PRESETS = {
                     batch_size=(32, 32, 16, 16, 16), window_scale=(1, 2, 4, 8, 16),
                     learning_rate=(2.5e-4, 1.25e-4, 6.25e-5, 3.125e-5, 1.5625e-5),
                     warmup_steps=(10_000, 5_000, 5_000, 3_500, 500)),
-        evaluation=dict(length=32256, step=512, scored_length=512, max_chars=0),
+        # streaming: chunks at least the largest ring (8192 x 4 + 1 in phase 5), since a
+        # chunk's window attention runs over its layer's ring and the chunk.
+        evaluation=dict(length=32256, step=512, scored_length=512, max_chars=0, chunk=32768),
         eval_batch=4, log_every=100, eval_every=10_000, checkpoint_every=5_000),
     "small": Preset(
         model=dict(num_layers=4, emb_dim=128, num_heads=4, mlp_dim=512, windows=(16, 32, 48, 64),
@@ -94,7 +96,7 @@ def charlm_config(data_format: str, arg: str | None) -> ml_collections.ConfigDic
   # side, `chunk` characters per step (lra.generation). max_chars > 0 evaluates only the
   # first max_chars characters of a split.
   config.evaluation = ml_collections.ConfigDict(
-      dict(PRESETS[args.size].evaluation, protocol="strided", streams=8, chunk=512))
+      {"protocol": "strided", "streams": 8, "chunk": 512, **PRESETS[args.size].evaluation})
 
   config.optimizer.schedule = "phases"  # learning rates and warmups: config.phases
   del config.optimizer["learning_rate"], config.optimizer["warmup_steps"]
