@@ -8,10 +8,11 @@ Trains one run per (variant, pretraining, seed) in `--workdir/<variant>_seed<k>/
 scratch) or `--workdir/<variant>_<objective>_seed<k>/` (self-pretrained, `lra.pretraining`:
 the config argument `pretrain=<objective>`), each by
 `python -m experiments.train` in its own process (so that its peak memory is its own), every
-variant of a seed before the next seed. A run whose `results.json` exists is reused; an
-interrupted one is relaunched on its workdir and resumes from its last checkpoint. A run's
-output goes to its `log.txt` (its progress lines are shown here too) and the wall time of its
-launches to its `wall_time.json`. Then writes, in --workdir:
+variant of a seed before the next seed; `--parallel=N` keeps N of them training at once,
+side by side on the device (runs too small to fill a GPU). A run whose `results.json` exists
+is reused; an interrupted one is relaunched on its workdir and resumes from its last
+checkpoint. A run's output goes to its `log.txt` (its progress lines are shown here too) and
+the wall time of its launches to its `wall_time.json`. Then writes, in --workdir:
   comparison.md, comparison.csv  per variant and pretraining: test accuracy mean +- std
                                  over seeds, best
                                  validation accuracy, steps/s, peak memory, parameters,
@@ -27,6 +28,7 @@ Measures each variant's training speed and memory against length instead
 (`experiments/bench/efficiency.py`): efficiency.md, efficiency.csv and efficiency.png.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -60,6 +62,9 @@ _PRETRAIN = flags.DEFINE_list(
     "pretrain", ["none"], "Self-pretraining objectives to compare, each crossed with every "
     f"variant: {', '.join(pretraining.OBJECTIVES)} (none: from scratch).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the runs and of the outputs.")
+_PARALLEL = flags.DEFINE_integer(
+    "parallel", 1, "Runs training at once, each in its own process sharing the device.",
+    lower_bound=1)
 _OVERRIDES = flags.DEFINE_multi_string(
     "override", [], "A config `field=value` for every run or measurement (repeatable), "
     "e.g. --override=data_cache_dir=/tmp/data.")
@@ -216,20 +221,31 @@ def _eta(runs: list[Run]) -> str:
 
 
 def sweep(configs: dict[str, tuple[str, dict]]) -> list[Run]:
-  """Trains every (variant, seed) that has not finished; returns all the runs."""
+  """Trains every (variant, seed) that has not finished, `--parallel` at a time in order;
+  returns all the runs. A failed run stops the sweep (the runs training then finish)."""
   runs = [Run(label, seed, os.path.join(_WORKDIR.value,
                                         f"{label.replace(' + ', '_')}_seed{seed}"))
           for seed in range(_SEEDS.value) for label in configs]
-  for index, run in enumerate(runs, 1):
+
+  def start(index: int, run: Run) -> None:
     spec, config = configs[run.variant]
     header = f"[run {index}/{len(runs)}] {run.name}"
     if run.finished:
       _check_reusable(run, config)
       print(f"{header}: reusing the finished run in {run.workdir}", flush=True)
-      continue
+      return
     resumed = " (resuming)" if os.path.exists(run.file("config.json")) else ""
     print(f"{header}: training in {run.workdir}{resumed}{_eta(runs)}", flush=True)
     _train(run, spec)
+
+  with concurrent.futures.ThreadPoolExecutor(_PARALLEL.value) as pool:
+    futures = [pool.submit(start, index, run) for index, run in enumerate(runs, 1)]
+    try:
+      for future in futures:
+        future.result()
+    except BaseException:
+      pool.shutdown(cancel_futures=True)
+      raise
   return runs
 
 

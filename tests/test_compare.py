@@ -75,10 +75,13 @@ def test_two_variants_then_reuse(tmp_path):
 def test_from_scratch_against_self_pretrained(tmp_path):
   out = tmp_path / "compare"
   completed = run_compare(tmp_path, "--attention=local", "--pretrain=none,mlm", "--seeds=1",
-                          "--override=pretrain.num_steps=2", f"--workdir={out}")
+                          "--override=pretrain.num_steps=2", "--parallel=2", f"--workdir={out}")
   assert completed.returncode == 0, completed.stderr
   assert "[run 1/2] local seed 0: training" in completed.stdout
   assert "[run 2/2] local + mlm seed 0: training" in completed.stdout
+  # Side by side: the second run starts before the first has finished.
+  assert (completed.stdout.index("[run 2/2]")
+          < completed.stdout.index("local seed 0 | results:")), completed.stdout
   _, rows = read_csv(out / "comparison.csv")
   assert [(row["variant"], row["pretrain"]) for row in rows] == [("local", "none"),
                                                                  ("local", "mlm")]

@@ -252,7 +252,8 @@ def measure_train_step(config, *, steps: int) -> dict:
           "fallback": device.get("fallback"), "host_s": host["median_s"]}
 
 
-def _failure(error: Exception) -> str:
+def failure(error: Exception) -> str:
+  """A failed row's status: the error's type and first line."""
   # One failed row (an unsupported shape, out of memory) must not lose the others.
   return f"failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
 
@@ -413,7 +414,7 @@ def compare(out: str, machine: dict, start: float) -> None:
                                         repeats=FLAGS.repeats, warmup=FLAGS.warmup),
                       status="ok")
       except Exception as error:  # pylint: disable=broad-except
-        record["status"] = _failure(error)
+        record["status"] = failure(error)
     if record["status"] == "ok":
       record["useful_tflops"] = harness.useful_flop(row, length, setup) / record["device_s"] / 1e12
       record["pct_of_matmul"] = 100 * record["useful_tflops"] / machine["matmul_tflops"]
@@ -438,7 +439,7 @@ def compare(out: str, machine: dict, start: float) -> None:
         config = train_config(task, implementation, size=FLAGS.model_size)
         record.update(measure_train_step(config, steps=FLAGS.model_steps))
       except Exception as error:  # pylint: disable=broad-except
-        record["status"] = _failure(error)
+        record["status"] = failure(error)
     steps.append(record)
     pallas = next((s for s in steps if s["task"] == task and s["implementation"] == "pallas"
                    and s["status"] == "ok"), None)
@@ -531,7 +532,7 @@ def sweep(out: str, machine: dict) -> None:
         record[f"{kernel}_s"], record["attributed_by"] = kernel_seconds(record, kernel)
       print(f"  {1e3 * record['device_s']:.3f} ms on the device", flush=True)
     except Exception as error:  # pylint: disable=broad-except
-      record["status"] = _failure(error)
+      record["status"] = failure(error)
       print(f"  {record['status']}", flush=True)
     records.append(record)
 
