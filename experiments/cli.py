@@ -212,6 +212,47 @@ def log_to_run(workdir: str, name: str) -> None:
   log_to_file(os.path.join(workdir, name))
 
 
+def quiet() -> None:
+  """Keeps the terminal to warnings and errors: a process other than the first of a run on
+  several processes, which writes no log file."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+# The flags of a launch on several processes: the fields of `lra.distributed.Launch`.
+LAUNCH_FLAGS = ("distributed", "coordinator_address", "num_processes", "process_id",
+                "coordinator_timeout_s")
+
+
+def define_launch_flags() -> None:
+  """Defines the flags of a launch on several processes, one per host (docs/multihost.md)."""
+  flags.DEFINE_bool("distributed", False,
+                    "Start JAX's runtime of several processes where neither the flags below "
+                    "nor the cluster's variables say so; JAX finds the processes (e.g. on a "
+                    "TPU pod slice).")
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0, which every process can reach; with "
+                      "--num_processes and --process_id on each host.")
+  flags.DEFINE_integer("num_processes", None, "Processes of the run, one per host.",
+                       lower_bound=1)
+  flags.DEFINE_integer("process_id", None, "This process's id, 0 .. num_processes - 1.",
+                       lower_bound=0)
+  flags.DEFINE_integer("coordinator_timeout_s", 300,
+                       "Seconds to wait for the coordinator and the other processes.",
+                       lower_bound=1)
+
+
+def launch():
+  """The `lra.distributed.Launch` of the launch flags."""
+  from lra import distributed  # pylint: disable=g-import-not-at-top  (imports JAX: slow)
+  return distributed.Launch(**{name: flags.FLAGS[name].value for name in LAUNCH_FLAGS})
+
+
+def launch_args() -> list[str]:
+  """The launch flags given on the command line, to pass on to a child process."""
+  return [f"--{name}={flags.FLAGS[name].value}" for name in LAUNCH_FLAGS
+          if flags.FLAGS[name].present]
+
+
 def _is_project(record: logging.LogRecord) -> bool:
   return os.path.abspath(record.pathname).startswith(_PROJECT_DIRS)
 

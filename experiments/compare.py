@@ -26,6 +26,9 @@ the wall time of its launches to its `wall_time.json`. Then writes, in --workdir
 
 Measures each variant's training speed and memory against length instead
 (`experiments/bench/efficiency.py`): efficiency.md, efficiency.csv and efficiency.png.
+
+On several hosts (docs/multihost.md) the same command runs on each; it passes its launch
+flags on to every run, and the first process alone writes the files named above.
 """
 
 import concurrent.futures
@@ -72,6 +75,7 @@ _EFFICIENCY = flags.DEFINE_bool(
     "efficiency", False, "Measure training speed and memory against length instead of "
     "training (the flags of experiments/bench/efficiency.py).")
 flags.mark_flags_as_required(["config", "workdir"])
+cli.define_launch_flags()
 
 cli.subset_of("attention", list(attention.variants()), "the registry's variants")
 cli.subset_of("pretrain", list(pretraining.OBJECTIVES), "the pretraining objectives")
@@ -181,12 +185,23 @@ def _last_line(path: str) -> str:
   return lines[-1] if lines else "no output"
 
 
+def _is_primary() -> bool:
+  """Whether this is the first (or only) process of a launch on several hosts."""
+  return cli.launch().process_id_before_start() == 0
+
+
 def _train(run: Run, spec: str) -> None:
   """Trains (or resumes) one run in its own process; its output goes to `log.txt`, and its
-  stdout (the trainer's progress lines) to this console too."""
+  stdout (the trainer's progress lines) to this console too. A process other than the
+  first of several hosts runs its share of the run and writes nothing."""
   os.makedirs(run.workdir, exist_ok=True)
   command = [sys.executable, "-m", "experiments.train", f"--config={spec}",
-             f"--config.seed={run.seed}", *_config_overrides(), f"--workdir={run.workdir}"]
+             f"--config.seed={run.seed}", *_config_overrides(), f"--workdir={run.workdir}",
+             *cli.launch_args()]
+  if not _is_primary():
+    if subprocess.run(command).returncode:
+      raise errors.UserError(f"the run {run.name} failed on this host; its error is above")
+    return
   start = time.time()
   with open(run.file("log.txt"), "a") as log:
     log.write(f"$ {shlex.join(command)}\n")
@@ -359,6 +374,8 @@ def main(argv):
     return
   start = time.time()
   runs = sweep(configs)
+  if not _is_primary():
+    return
   print()
   print(write_comparison(runs, task))
   print(f"sweep done in {_duration(time.time() - start)}; wrote {_WORKDIR.value}/"

@@ -10,6 +10,11 @@ fails, which would leave the other reads of the checkpoint pending, to report th
 (or be destroyed unawaited) on the terminal long after the run's result. Restores here run
 under `pending_reads_awaited`: the loop awaits them before it closes, and their errors go to
 the standard logger of this module (the log file of an entry point, not its terminal).
+
+With several processes (`lra.distributed`) the workdir is a folder every process sees:
+orbax writes each checkpoint once, every process its shards, and grain's data-iterator
+state one file per process (`process_<i>-of-<n>.json`), so a run resumes on the same
+number of processes only; `Workdir`'s files are written by process 0 alone.
 """
 
 import asyncio
@@ -17,12 +22,15 @@ import contextlib
 import json
 import logging as std_logging
 import os
+import re
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from lra import distributed
 from lra import errors
 
 _DETAILS = std_logging.getLogger(__name__)
@@ -45,11 +53,13 @@ def _diff_keys(a, b, prefix=""):
 
 
 class Workdir:
-  """Files of one run: `config.json` (written once; a relaunch must match it) and
-  `metrics.jsonl` (one JSON object per record, cut back to a checkpoint on resume)."""
+  """Files of one run: `config.json` (written once; a relaunch must match it),
+  `metrics.jsonl` (one JSON object per record, cut back to a checkpoint on resume) and
+  those of `write_json`; process 0 writes them, the others check `config.json` alone."""
 
   def __init__(self, workdir: str, config):
     self.path = workdir
+    self.primary = distributed.is_primary()
     os.makedirs(workdir, exist_ok=True)
     config_path = os.path.join(workdir, "config.json")
     config_json = json.loads(config.to_json_best_effort())
@@ -63,16 +73,21 @@ class Workdir:
         raise errors.ConfigError(
             f"{workdir} holds a run with a different config (changed: {', '.join(changed)}); "
             f"resume it with the same config or use a new --workdir")
-    else:
+    elif self.primary:
       write_json(config_path, config_json)
     self.metrics_path = os.path.join(workdir, "metrics.jsonl")
 
   def file(self, name: str) -> str:
     return os.path.join(self.path, name)
 
+  def write_json(self, name: str, value) -> None:
+    """Writes the run's file `name` (`write_json`)."""
+    if self.primary:
+      write_json(self.file(name), value)
+
   def truncate_metrics(self, step: int) -> None:
     """Drops metric lines after `step` (they are recomputed when a run resumes there)."""
-    if not os.path.exists(self.metrics_path):
+    if not self.primary or not os.path.exists(self.metrics_path):
       return
     with open(self.metrics_path) as f:
       kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
@@ -80,6 +95,8 @@ class Workdir:
       f.writelines(kept)
 
   def log(self, record: dict[str, Any]) -> None:
+    if not self.primary:
+      return
     with open(self.metrics_path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
@@ -143,6 +160,7 @@ class Checkpoints:
     step = self.latest.latest_step()
     if step is None:
       return None
+    self._check_process_count(step)
     try:
       with pending_reads_awaited():
         restored = self.latest.restore(step, args=ocp.args.Composite(
@@ -155,6 +173,19 @@ class Checkpoints:
           f"({first_line(e)}); move that folder out of the workdir to resume from an earlier "
           f"checkpoint, or use a new --workdir") from e
     return restored.state, restored.progress
+
+  def _check_process_count(self, step: int) -> None:
+    """Raises `CheckpointError` where checkpoint `step` was written by another number of
+    processes than this launch's (its data-iterator state is one file per process)."""
+    folder = self.latest.directory / str(step) / "data"
+    names = os.listdir(folder) if os.path.isdir(folder) else []  # damage: the restore says
+    counts = {int(m.group(1)) for m in map(re.compile(r"process_\d+-of-(\d+)\.json").match,
+                                            names) if m}
+    if counts and counts != {jax.process_count()}:
+      raise errors.CheckpointError(
+          f"the checkpoint {self.latest.directory / str(step)} was written by "
+          f"{' or '.join(map(str, sorted(counts)))} process(es) and this launch has "
+          f"{jax.process_count()}; resume it on as many processes, or use a new --workdir")
 
   def save_best(self, step: int, params) -> None:
     self.best.save(step, args=ocp.args.StandardSave(params), force=True)

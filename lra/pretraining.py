@@ -285,12 +285,13 @@ def causal_packed_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return dict(batch, targets=targets, weights=weights)
 
 
-def train_iterator(config, data: lra_data.TaskData):
+def train_iterator(config, data: lra_data.TaskData, shard=input_pipeline.WHOLE):
   """Endless pretraining batches of `config` (the stage's), resumable like the task's.
 
   Sequences (or packed rows) are shuffled and grouped by length as the task's training
   batches are (`input_pipeline.train_dataset`); the masks of batch `b` are a pure function
-  of (seed, b), so the iterator state stays one index.
+  of (seed, b), so the iterator state stays one index. The masks are drawn over the whole
+  batch, row after row: each process makes the whole batch and keeps `shard`'s rows.
   """
   pretrain = config.pretrain
   mask_id = data.vocab.index(MASK_TOKEN) if pretrain.objective == "mlm" else None
@@ -313,7 +314,8 @@ def train_iterator(config, data: lra_data.TaskData):
 
   dataset = input_pipeline.train_dataset(split, batch_size=config.batch_size,
                                          seed=config.seed)
-  return iter(dataset.map_with_index(make).to_iter_dataset(input_pipeline.READ_OPTIONS))
+  return iter(dataset.map_with_index(make).map(shard.of).to_iter_dataset(
+      input_pipeline.READ_OPTIONS))
 
 
 def fine_tuning_state(fresh: dict, pretrained_params: nnx.State) -> dict:

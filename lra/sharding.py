@@ -4,6 +4,11 @@ The batch splits over `data` (examples) and, on a mesh whose `sequence` axis has
 devices, the length of every sequence splits over `sequence`: the parameters are replicated,
 XLA propagates the batch's sharding through the position-wise layers, and the attention
 exchanges halos between neighbouring shards (`lra.attention.sequence_parallel`).
+
+With several processes (`lra.distributed`) the mesh spans the devices of all of them, a
+process's devices forming whole rows of it (the `sequence` axis stays inside a host, where
+the halos are cheap); each process makes the batch rows of its devices
+(`process_shard`), and `batch_placement` assembles them into global arrays.
 """
 
 import copy
@@ -17,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from lra import attention as attention_lib
 from lra import errors
+from lra import input_pipeline
 
 MESH_AXES = ("data", "sequence")  # the axes of `config.mesh`
 
@@ -44,16 +50,50 @@ def make_mesh(config) -> jax.sharding.Mesh:
   if math.prod(shape) > count:
     raise errors.ConfigError(
         f"config.mesh {sizes} asks for {math.prod(shape)} devices; there are {count}")
+  if jax.process_count() > 1:
+    _check_processes(sizes, shape)
   devices = np.array(jax.devices()[:math.prod(shape)]).reshape(shape)
   return jax.sharding.Mesh(devices, MESH_AXES,
                            axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
+def _check_processes(sizes: dict, shape: list[int]) -> None:
+  """Raises `ConfigError` for a mesh shape that several processes cannot share: one that
+  leaves devices out, or whose `sequence` axis spans the devices of several processes."""
+  processes, local = jax.process_count(), jax.local_device_count()
+  if math.prod(shape) != jax.device_count():
+    raise errors.ConfigError(
+        f"config.mesh {sizes} uses {math.prod(shape)} of the {jax.device_count()} devices of "
+        f"{processes} processes; with several processes the mesh uses every device")
+  if local % shape[1]:
+    raise errors.ConfigError(
+        f"config.mesh.sequence={shape[1]} spans the devices of several processes ({local} "
+        f"each); the sequence axis stays inside a host: use a size that divides {local}")
+
+
+def process_shard(mesh) -> input_pipeline.Shard:
+  """The rows of every batch that this process makes: those of its devices on the mesh's
+  `data` axis, a run of them (devices are numbered process by process)."""
+  mine = [row for row, devices in enumerate(mesh.devices)
+          if devices[0].process_index == jax.process_index()]
+  if mine != list(range(mine[0], mine[0] + len(mine))):
+    raise errors.UserError(
+        f"the devices of process {jax.process_index()} are rows {mine} of the mesh's data "
+        f"axis, not consecutive ones; each process makes a run of consecutive batch rows")
+  count = mesh.shape["data"] // len(mine)
+  return input_pipeline.Shard(index=mine[0] // len(mine), count=count)
+
+
 def check_batch_sizes(batch_sizes: dict[str, int], mesh) -> None:
   """Raises `ConfigError` for a batch size (by the config field that sets it) that does
   not divide over the devices of the mesh's `data` axis."""
-  data_devices = mesh.shape["data"]
+  data_devices, processes = mesh.shape["data"], jax.process_count()
   for key, size in batch_sizes.items():
+    if size % processes:
+      raise errors.ConfigError(
+          f"config.{key}={size} does not divide over the {processes} processes, each of "
+          f"which makes an equal share of every batch; use a multiple of {data_devices} (the "
+          f"devices of the mesh's data axis)")
     if size % data_devices:
       raise errors.ConfigError(
           f"config.{key}={size} does not divide over the {data_devices} devices of the mesh's "
@@ -82,14 +122,17 @@ def split_over_sequence(config, mesh):
 
 
 def batch_placement(mesh) -> Callable:
-  """`batch -> batch on the mesh`: examples over `data`; the length axis of `[batch,
-  length, ...]` arrays over `sequence`, where the length divides over it (the bucketed
-  lengths do; the attention pads any other, which the rest of the model then computes
-  whole on every device of the axis)."""
-  shards = mesh.shape["sequence"]
+  """`batch -> global batch on the mesh`, from this process's rows of it (`process_shard`;
+  all of them in one process): examples over `data`; the length axis of `[batch, length,
+  ...]` arrays over `sequence`, where the length divides over it (the bucketed lengths do;
+  the attention pads any other, which the rest of the model then computes whole on every
+  device of the axis)."""
+  shards, processes = mesh.shape["sequence"], process_shard(mesh).count
 
-  def sharding(x):
+  def place(x):
     split_length = shards > 1 and x.ndim >= 2 and x.shape[1] % shards == 0
-    return NamedSharding(mesh, P("data", "sequence") if split_length else P("data"))
+    sharding = NamedSharding(mesh, P("data", "sequence") if split_length else P("data"))
+    return jax.make_array_from_process_local_data(sharding, x,
+                                                  (len(x) * processes, *x.shape[1:]))
 
-  return lambda batch: jax.device_put(batch, jax.tree.map(sharding, batch))
+  return lambda batch: jax.tree.map(place, batch)

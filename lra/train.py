@@ -199,10 +199,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config = resolve(config)
   phases, mesh = check(config)
   run = checkpointing.Workdir(workdir, config)
-  data = lra_data.load(config)
+  data, shard = lra_data.load(config), sharding.process_shard(mesh)
   if pretraining.objective(config) == "mlm":
     data = pretraining.with_mask_token(data)
-  checkpointing.write_json(run.file("vocab.json"), data.vocab)
+  run.write_json("vocab.json", data.vocab)
 
   stages = []
   if pretraining.objective(config) != "none":
@@ -211,11 +211,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stages.append(Stage(
         "pretrain", pretrain_config, 1, pretrain_config.num_train_steps, pretrain_phases,
         build_steps(pretrain_config, data, mesh, pretrain_phases),
-        pretraining.train_iterator(pretrain_config, data), pretraining.METRICS,
+        pretraining.train_iterator(pretrain_config, data, shard), pretraining.METRICS,
         evaluated=False))
   first_step = stages[-1].last_step + 1 if stages else 1
   task = lra_data.task(config)
-  pipelines = task.pipelines(config, data)
+  pipelines = task.pipelines(config, data, shard)
   stages.append(Stage(
       "train", config, first_step, first_step - 1 + config.num_train_steps, phases,
       build_steps(config, data, mesh, phases, start_step=first_step - 1), pipelines.train,
@@ -229,8 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 sharding.batch_placement(mesh))
   finally:  # waits for the checkpoints being written, whatever stopped the run
     checkpoints.close()
-  results["mesh"] = dict(mesh.shape)
-  checkpointing.write_json(run.file("results.json"), results)
+  results.update(mesh=dict(mesh.shape), processes=jax.process_count())
+  run.write_json("results.json", results)
   return results
 
 

@@ -1,6 +1,7 @@
 """Training batches: every example once per epoch, grouped by length, resumable."""
 
 import numpy as np
+import pytest
 
 from lra import input_pipeline
 from lra.data import PAD_ID
@@ -66,3 +67,25 @@ def test_same_seed_same_batches_and_resume_from_state():
     np.testing.assert_array_equal(next(resumed)["targets"], want)
   other_seed = [b["targets"] for b in _batches(split, 12, seed=4)][7:]
   assert any(not np.array_equal(a, b) for a, b in zip(expected, other_seed))
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_the_shards_of_processes_make_up_the_whole_batch(count):
+  # Each process makes only its rows, cut to the bucket of the whole batch's longest.
+  split, _ = _split()
+  shards = [input_pipeline.Shard(index, count) for index in range(count)]
+
+  def assert_whole(whole, parts):
+    for name, values in whole.items():
+      np.testing.assert_array_equal(np.concatenate([part[name] for part in parts]), values)
+
+  whole = input_pipeline.train_iterator(split, batch_size=_BATCH, seed=3, pool_batches=_POOL)
+  parts = [input_pipeline.train_iterator(split, batch_size=_BATCH, seed=3, pool_batches=_POOL,
+                                         shard=shard) for shard in shards]
+  for _ in range(2 * _POOL):
+    assert_whole(next(whole), [next(part) for part in parts])
+  evaluation = zip(input_pipeline.eval_batches(split, batch_size=12),
+                   *[input_pipeline.eval_batches(split, batch_size=12, shard=shard)
+                     for shard in shards])
+  for whole_batch, *part_batches in evaluation:
+    assert_whole(whole_batch, part_batches)

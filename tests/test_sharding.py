@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from lra import errors
+from lra import input_pipeline
 from lra import sharding
 
 
@@ -66,3 +67,16 @@ def test_only_attention_that_can_split_the_length_splits_it():
   assert sharding.split_over_sequence(config, unsplit) is config
   with pytest.raises(errors.ConfigError, match="'full' attention cannot attend over"):
     sharding.split_over_sequence(config_of({}, attention="full"), split)
+
+
+def test_a_batch_that_does_not_divide_over_the_processes_is_named(monkeypatch):
+  mesh = sharding.make_mesh(config_of({"data": 1, "sequence": 1}))
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  with pytest.raises(errors.ConfigError, match=r"^config.batch_size=4 does not divide over "
+                     r"the 3 processes, each of which makes an equal share of every batch"):
+    sharding.check_batch_sizes({"batch_size": 4}, mesh)
+
+
+def test_one_process_makes_every_row():
+  mesh = sharding.make_mesh(config_of({"data": 2, "sequence": 2}))
+  assert sharding.process_shard(mesh) == input_pipeline.Shard(index=0, count=1)

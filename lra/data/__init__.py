@@ -27,8 +27,10 @@ The trainer (`lra.train`) imports no task module: it learns everything task-spec
     the training batch sizes, and, for `optimizer.schedule = "phases"`, the learning rate.
     It checks the config's task-specific fields and raises `lra.errors.ConfigError`; it is
     called before any file is written or read.
-  - `pipelines(config, data) -> Pipelines`: the checkpointable training iterator, the
-    evaluation batches of a split, and the test score of a model that ignores its input.
+  - `pipelines(config, data, shard=WHOLE) -> Pipelines`: the checkpointable training
+    iterator, the evaluation batches of a split, and the test score of a model that ignores
+    its input; each batch holds the rows of this process's `lra.input_pipeline.Shard` (all
+    of them in one process).
   - `metrics: Metrics`: which of the summed metrics a model's `metrics(batch)` returns are
     reported as which averages, and which average picks the best validation checkpoint.
 
@@ -158,7 +160,7 @@ class Task:
   """How a task is trained and scored (see the module docstring); a task module's `TASK`."""
 
   phases: Callable[[Any], Phases]
-  pipelines: Callable[[Any, TaskData], Pipelines]
+  pipelines: Callable[..., Pipelines]  # (config, data, shard=WHOLE)
   metrics: Metrics
 
 

@@ -30,6 +30,7 @@ import os
 from typing import Iterator, Sequence
 
 import grain
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -111,15 +112,17 @@ def _crops(tokens: np.ndarray, starts: np.ndarray, length: int) -> dict[str, np.
           "weights": np.ones((len(starts), length), np.float32)}
 
 
-def train_iterator(tokens: np.ndarray, phases, *, seed: int) -> grain.DatasetIterator:
-  """Batch `i` (for optimizer step `i + 1`): random crops of step `i + 1`'s phase."""
+def train_iterator(tokens: np.ndarray, phases, *, seed: int,
+                   shard: input_pipeline.Shard = input_pipeline.WHOLE) -> grain.DatasetIterator:
+  """Batch `i` (for optimizer step `i + 1`): random crops of step `i + 1`'s phase (`shard`'s
+  rows of them)."""
   steps = list(phases.steps)
 
   def batch(index: int) -> dict[str, np.ndarray]:
     phase = phase_of(index + 1, steps)
     length, size = phases.seq_length[phase], phases.batch_size[phase]
     starts = np.random.default_rng([seed, index]).integers(0, len(tokens) - length, size)
-    return _crops(tokens, starts, length)
+    return _crops(tokens, starts[shard.rows(size)], length)
 
   return iter(grain.MapDataset.range(sum(steps)).map(batch).to_iter_dataset(
       input_pipeline.READ_OPTIONS))
@@ -148,16 +151,18 @@ def eval_windows(num_tokens: int, length: int, step: int,
   return np.array(starts), weights
 
 
-def eval_batches(tokens: np.ndarray, evaluation, *,
-                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-  """Scored windows over (the first `evaluation.max_chars` characters of) a split."""
+def eval_batches(tokens: np.ndarray, evaluation, *, batch_size: int,
+                 shard: input_pipeline.Shard = input_pipeline.WHOLE
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """Scored windows over (the first `evaluation.max_chars` characters of) a split
+  (`shard`'s rows of each batch)."""
   if evaluation.max_chars:
     tokens = tokens[:evaluation.max_chars]
   starts, weights = eval_windows(len(tokens), evaluation.length, evaluation.step,
                                  evaluation.scored_length)
   length = weights.shape[1]
   for first in range(0, len(starts), batch_size):
-    rows = np.arange(first, first + batch_size)
+    rows = np.arange(first, first + batch_size)[shard.rows(batch_size)]
     real = rows < len(starts)
     rows = np.where(real, rows, 0)
     batch = _crops(tokens, starts[rows], length)
@@ -227,18 +232,24 @@ def _phase_schedule(phase_fields):
   return schedule
 
 
-def pipelines(config, data: TaskData) -> lra_data.Pipelines:
+def pipelines(config, data: TaskData, shard=input_pipeline.WHOLE) -> lra_data.Pipelines:
   """Random crops of each step's phase for training; scored windows for evaluation, or
-  the texts of the splits for the streaming protocol."""
+  the texts of the splits for the streaming protocol (of one process)."""
   evaluation = config.evaluation
   texts = None
   if evaluation.protocol == "streaming":
+    if jax.process_count() > 1:
+      raise errors.ConfigError(
+          "evaluation.protocol=streaming runs in one process: train on several with "
+          "protocol=strided, then score the run with python -m experiments.evaluate_lm")
     texts = {split: data.splits[split]["tokens"][:evaluation.max_chars or None]
              for split in ("val", "test")}
   return lra_data.Pipelines(
-      train=train_iterator(data.splits["train"]["tokens"], config.phases, seed=config.seed),
+      train=train_iterator(data.splits["train"]["tokens"], config.phases, seed=config.seed,
+                           shard=shard),
       evaluation=lambda split, phase: eval_batches(data.splits[split]["tokens"], evaluation,
-                                                   batch_size=config.eval_batch_size),
+                                                   batch_size=config.eval_batch_size,
+                                                   shard=shard),
       baseline=unigram_entropy_bits(data.splits["test"]["tokens"]), texts=texts)
 
 

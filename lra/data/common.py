@@ -174,16 +174,17 @@ def atomic_directory(path: str) -> Iterator[str]:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _classification_pipelines(config, data: lra_data.TaskData) -> lra_data.Pipelines:
+def _classification_pipelines(config, data: lra_data.TaskData,
+                              shard=input_pipeline.WHOLE) -> lra_data.Pipelines:
   """Shuffled, length-grouped training batches of examples; evaluation in order."""
   targets = data.splits["test"].get("targets")
   majority = (float(np.bincount(targets).max() / len(targets))
               if targets is not None and len(targets) else None)
   return lra_data.Pipelines(
       train=input_pipeline.train_iterator(data.splits["train"], batch_size=config.batch_size,
-                                          seed=config.seed),
+                                          seed=config.seed, shard=shard),
       evaluation=lambda split, phase: input_pipeline.eval_batches(
-          data.splits[split], batch_size=config.eval_batch_size),
+          data.splits[split], batch_size=config.eval_batch_size, shard=shard),
       baseline=majority)
 
 
