@@ -176,7 +176,8 @@ def _check_reusable(run: Run, config: dict) -> None:
 def _add_wall_time(run: Run, seconds: float) -> None:
   path = run.file("wall_time.json")
   total = _read_json(path) if os.path.exists(path) else {"seconds": 0.0, "launches": 0}
-  harness.write_json(path, {"seconds": total["seconds"] + seconds, "launches": total["launches"] + 1})
+  harness.write_json(path, {"seconds": total["seconds"] + seconds,
+                            "launches": total["launches"] + 1})
 
 
 def _last_line(path: str) -> str:
@@ -232,7 +233,8 @@ def _eta(runs: list[Run]) -> str:
   if not times or not left:
     return ""
   mean = statistics.mean(times)
-  return f"; sweep ETA {_duration(mean * left)} ({left} run{'s' if left > 1 else ''} x {_duration(mean)})"
+  runs = f"{left} run{'s' if left > 1 else ''}"
+  return f"; sweep ETA {_duration(mean * left)} ({runs} x {_duration(mean)})"
 
 
 def sweep(configs: dict[str, tuple[str, dict]]) -> list[Run]:

@@ -150,6 +150,7 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=1))
 
   def save(self, step: int, state, data_iterator, progress: dict) -> None:
+    self._one_save_at_a_time(self.best)
     self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator),
@@ -188,7 +189,16 @@ class Checkpoints:
           f"{jax.process_count()}; resume it on as many processes, or use a new --workdir")
 
   def save_best(self, step: int, params) -> None:
+    self._one_save_at_a_time(self.latest)
     self.best.save(step, args=ocp.args.StandardSave(params), force=True)
+
+  @staticmethod
+  def _one_save_at_a_time(other) -> None:
+    """With several processes, waits for `other` manager's save in flight: the two
+    managers' asynchronous saves meet at barriers of the same names across processes, and
+    one begun while the other's is in flight fails ("barrier ... is already ongoing")."""
+    if jax.process_count() > 1:
+      other.wait_until_finished()
 
   def restore_best(self, state) -> tuple[int, Any]:
     """Returns (step, parameters) to test: those of the best validation checkpoint.

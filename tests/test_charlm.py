@@ -91,6 +91,7 @@ def test_bad_phases_are_config_errors(tmp_path, field, value, message):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow  # a trained LM end to end: tests/test_lm_commands.py
 def test_tiny_lm_trains_evaluates_bpc_and_resumes_across_a_phase_boundary(tmp_path):
   text = fixtures.write_text(tmp_path, num_words=20000)
   # Two phases of 6 steps, checkpoints only at the boundary (6) and the end (12): a run

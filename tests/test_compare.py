@@ -4,6 +4,8 @@ efficiency, and bad input."""
 import csv
 import os
 
+import pytest
+
 from PIL import Image
 
 from tests import entry_points
@@ -72,6 +74,7 @@ def test_two_variants_then_reuse(tmp_path):
   assert "holds a run of another config" in other_size.stderr
 
 
+@pytest.mark.slow  # the sweep machinery: test_two_variants_then_reuse
 def test_from_scratch_against_self_pretrained(tmp_path):
   out = tmp_path / "compare"
   completed = run_compare(tmp_path, "--attention=local", "--pretrain=none,mlm", "--seeds=1",
@@ -91,6 +94,7 @@ def test_from_scratch_against_self_pretrained(tmp_path):
     assert_png(out / name)
 
 
+@pytest.mark.slow  # a sweep of step times against length
 def test_efficiency_against_length(tmp_path):
   out = tmp_path / "efficiency"
   completed = run_compare(tmp_path, "--efficiency", "--attention=full,local",

@@ -101,7 +101,8 @@ def test_num_train_steps_and_phases_follow_the_phase_steps(task):
 def test_pathx_tiny_trains_on_128_pixel_images(tmp_path):
   data_path = fixtures.write_pathfinder(tmp_path, num_images=20, resolution=128)
   config = parse("pathx.py:attention=longformer,size=tiny", "--config.data.resolution=128",
-                 f"--config.data_path={data_path}", f"--config.data_cache_dir={tmp_path / 'cache'}", "--config.num_train_steps=1",
+                 f"--config.data_path={data_path}",
+                 f"--config.data_cache_dir={tmp_path / 'cache'}", "--config.num_train_steps=1",
                  "--config.eval_every_steps=1", "--config.checkpoint_every_steps=1",
                  "--config.log_every_steps=1")
   results = train.train_and_evaluate(config, str(tmp_path / "run"))

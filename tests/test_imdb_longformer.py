@@ -172,12 +172,14 @@ def _learning_config(tmp_path, **fields):
       "log_every_steps": 10, "eval_batch_size": 100, "data": {"max_length": 32}, **fields})
 
 
+@pytest.mark.slow  # learning, not wiring
 def test_fine_tuning_learns_the_sentiment_words(tmp_path):
   results = train.train_and_evaluate(_learning_config(tmp_path), str(tmp_path / "run"))
   assert results["majority_class_rate"] == 0.5
   assert results["test_accuracy"] > 0.9, results
 
 
+@pytest.mark.slow  # the split: tests/test_train_mesh.py
 def test_fine_tuning_gives_the_same_losses_with_the_sequence_split(tmp_path):
   config = _learning_config(tmp_path, num_train_steps=2, eval_every_steps=2,
                             checkpoint_every_steps=2, log_every_steps=1)

@@ -122,6 +122,7 @@ def write_imdb(root, length: int, count: int = 1600):
   return base
 
 
+@pytest.mark.slow  # the same rule on tokens: test_tokens_listops_layout_...
 def test_bytes_text_layout_learns_the_neighbour_rule(tmp_path):
   data = write_imdb(tmp_path / "imdb", length=32)
   config = _config("configs/text.py:attention=local,size=tiny", tmp_path, data, steps=150)
@@ -148,6 +149,7 @@ def write_pathfinder(root, resolution: int, count: int = 2400):
   return base
 
 
+@pytest.mark.slow  # the same rule on tokens: test_tokens_listops_layout_...
 def test_pixels_pathfinder_layout_learns_the_neighbour_rule(tmp_path):
   data = write_pathfinder(tmp_path / "pathfinder", resolution=8)
   config = _config("configs/pathfinder.py:attention=local,size=tiny", tmp_path, data,

@@ -249,6 +249,7 @@ def test_fine_tuning_batches_hold_training_examples_only(tmp_path):
     assert next(iterator)["inputs"].max() <= 5
 
 
+@pytest.mark.slow  # every variant of the fine-tuned task: tests/test_tasks.py
 def test_every_variant_pretrains_with_both_objectives():
   config = tiny_config("unused")
   data = pretraining.with_mask_token(lra_data.TaskData(
@@ -367,6 +368,7 @@ def test_resume_at_the_stage_boundary_matches_an_uninterrupted_run(tmp_path):
   assert comparable(tmp_path / "resumed") == comparable(tmp_path / "reference")
 
 
+@pytest.mark.slow  # the kill and resume of a run: tests/test_train.py
 def test_sigkill_in_pretraining_then_resume_matches_an_uninterrupted_run(tmp_path):
   cache = tmp_path / "cache"
   spec = "configs/listops.py:attention=longformer,size=tiny,pretrain=mlm"

@@ -145,8 +145,8 @@ def _frozen_run(tmp_path, num_train_steps, damaged="every file"):
   """A finished run whose parameters never change (learning rate 0), so that its best
   validation checkpoint is step 1's; checkpoints every step (the last two are kept).
   `damaged`: every file of best/1, or the data files of its arrays alone (orbax's
-  `ocdbt.process_*/d/`: the metadata reads, then array reads fail). Returns the results and the command-line arguments
-  that relaunch it."""
+  `ocdbt.process_*/d/`: the metadata reads, then array reads fail). Returns the results and
+  the command-line arguments that relaunch it."""
   fields = dict(num_train_steps=num_train_steps, eval_every_steps=1, checkpoint_every_steps=1,
                 log_every_steps=1)
   config = tiny_config(tmp_path / "cache", **fields)

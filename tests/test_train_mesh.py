@@ -62,6 +62,7 @@ def test_listops_longformer_gives_the_same_losses_with_the_sequence_split(tmp_pa
     assert_same_curves(curves, one_device)
 
 
+@pytest.mark.slow  # ListOps Longformer covers the split in make test
 def test_char_lm_gives_the_same_losses_with_the_sequence_split(tmp_path):
   # Two phases: 16 then 32 characters, causal windows of 8 and 16 (halos over several shards).
   config = tiny_config(tmp_path / "cache", "configs/enwik8.py:size=tiny",

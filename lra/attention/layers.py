@@ -42,8 +42,9 @@ class SelfAttention(nnx.Module):
   `num_heads`; default `num_heads`) projects keys and values to fewer heads, each read by
   `num_heads / num_kv_heads` query heads (grouped-query attention; 1 is multi-query).
   With `rotary_positions`, queries and keys carry their positions by rotation (`rotary`):
-  relative position information, for models without position embeddings. The global queries and keys are rotated too, so
-  every score, local or global, depends on the offset between its two positions.
+  relative position information, for models without position embeddings. The global
+  queries and keys are rotated too, so every score, local or global, depends on the offset
+  between its two positions.
   """
 
   def __init__(self, features: int, num_heads: int, *, attention: Mapping[str, Any],

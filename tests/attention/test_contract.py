@@ -163,6 +163,32 @@ class _Checks(chex.TestCase):
                                                       dilation=dilation)
     self._assert_matches(out, grads, expected_out, expected_grads, qkv[0].shape, dtype, tol)
 
+  def _check_dropout_mask(self, name):
+    """Dropout inside the kernels: the same keep-mask as the XLA core (the hash of the seed
+    and the positions), so outputs and gradients are equal; a mask that differs between the
+    forward and the backward, or from the XLA core's, fails. (The XLA core itself is checked
+    against the dense oracle under the same mask in test_sliding.py.)"""
+    if self.implementation == "xla":
+      self.skipTest("the reference of this check")
+    length, heads = 70, 4
+    qkv = _inputs(length, heads, 2, 16, jnp.float32, separate=name == "longformer")
+    options = dict(padding_mask=_padding(length, empty_row=False), dropout_rate=0.3,
+                   dropout_rng=jax.random.key(4), segment_ids=cases.segments(4, 2, length))
+    window = dict(window=6, block_size=16, dilation=(1, 2, 1, 3))
+    if name == "local":
+      window["causal"] = True
+    else:
+      options["global_mask"] = cases.global_tokens("scattered", 4, 2, length)
+      window["max_global"] = int(options["global_mask"].sum(1).max())
+
+    def run(implementation):
+      core = attention.build({"name": name, "implementation": implementation, **window},
+                             heads)
+      fast = lambda *qkv: core(*qkv[:3], global_qkv=qkv[3:] or None, **options)
+      return jax.jit(lambda *qkv: cases.grads(fast, qkv))(*qkv)
+
+    chex.assert_trees_all_close(run(self.implementation), run("xla"), **cases.F32_TOL)
+
 
 class _Contract(_Checks):
   """The contract on small cases that cross blocks and residue classes (in `make test`)."""
@@ -244,30 +270,7 @@ class _Contract(_Checks):
 
   @parameterized.parameters("local", "longformer")
   def test_dropout_draws_the_xla_cores_mask(self, name):
-    """Dropout inside the kernels: the same keep-mask as the XLA core (the hash of the seed
-    and the positions), so outputs and gradients are equal; a mask that differs between the
-    forward and the backward, or from the XLA core's, fails. (The XLA core itself is checked
-    against the dense oracle under the same mask in test_sliding.py.)"""
-    if self.implementation == "xla":
-      self.skipTest("the reference of this check")
-    length, heads = 70, 4
-    qkv = _inputs(length, heads, 2, 16, jnp.float32, separate=name == "longformer")
-    options = dict(padding_mask=_padding(length, empty_row=False), dropout_rate=0.3,
-                   dropout_rng=jax.random.key(4), segment_ids=cases.segments(4, 2, length))
-    window = dict(window=6, block_size=16, dilation=(1, 2, 1, 3))
-    if name == "local":
-      window["causal"] = True
-    else:
-      options["global_mask"] = cases.global_tokens("scattered", 4, 2, length)
-      window["max_global"] = int(options["global_mask"].sum(1).max())
-
-    def run(implementation):
-      core = attention.build({"name": name, "implementation": implementation, **window},
-                             heads)
-      fast = lambda *qkv: core(*qkv[:3], global_qkv=qkv[3:] or None, **options)
-      return jax.jit(lambda *qkv: cases.grads(fast, qkv))(*qkv)
-
-    chex.assert_trees_all_close(run(self.implementation), run("xla"), **cases.F32_TOL)
+    self._check_dropout_mask(name)
 
 
 class _RealisticContract(_Checks):
@@ -311,8 +314,30 @@ class PallasGpuKernelsContractTest(_PallasGpuKernels, _Contract):
   __test__ = True
 
 
+@pytest.mark.slow
 class PallasTpuKernelsContractTest(_PallasTpuKernels, _Contract):
+  """Every case (`make test-slow`); `make test` runs the subset below."""
   __test__ = True
+
+
+class PallasTpuKernelsSubsetTest(_PallasTpuKernels, _Checks):
+  """The TPU kernels in `make test`: packed rows with grouped heads (a window of the last
+  tile a mask needs, heads regrouped by dilation), a packed Longformer case and the dropout
+  mask; the Mosaic and Triton kernels share their tile walks (`kernels.walks`)."""
+  __test__ = True
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(LOCAL_CASES[2], LOCAL_CASES[4])
+  def test_local_float32(self, *case):
+    self._check_local(*case, jnp.float32, cases.F32_TOL)
+
+  @chex.variants(with_jit=True)
+  @parameterized.parameters(LONGFORMER_CASES[1])
+  def test_longformer_float32(self, *case):
+    self._check_longformer(*case, jnp.float32, cases.F32_TOL)
+
+  def test_dropout_draws_the_xla_cores_mask(self):
+    self._check_dropout_mask("local")
 
 
 @pytest.mark.slow

@@ -68,6 +68,7 @@ def _budget(global_mask, padding_mask, spare=0):
   return int((np.asarray(global_mask) & real).sum(axis=1).max()) + spare
 
 
+@pytest.mark.slow  # the XLA core's cases in make test: tests/attention/test_contract.py
 class LongformerVsReferenceTest(chex.TestCase):
 
   @chex.variants(with_jit=True)

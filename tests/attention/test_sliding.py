@@ -54,6 +54,7 @@ def _dense_output_and_grads(q, k, v, padding_mask, *, window, dilation, causal):
   return cases.grads(dense, [x.astype(jnp.float32) for x in (q, k, v)])
 
 
+@pytest.mark.slow  # the XLA core's cases in make test: tests/attention/test_contract.py
 class SlidingVsDenseTest(chex.TestCase):
 
   @chex.variants(with_jit=True)

@@ -236,7 +236,8 @@ def test_remat_gives_the_same_outputs_and_gradients_with_dropout(tmp_path, hf):
     def loss(params):
       out = nnx.merge(graphdef, params)(  # pylint: disable=cell-var-from-loop
           hf["input_ids"], hf["attention_mask"], hf["global_attention_mask"],
-          deterministic=deterministic, rngs=nnx.Rngs(dropout=1))  # pylint: disable=cell-var-from-loop
+          deterministic=deterministic,
+          rngs=nnx.Rngs(dropout=1))  # pylint: disable=cell-var-from-loop
       return jnp.sum(out.last_hidden_state * out.last_hidden_state[:, :1])
 
     results.append(jax.jit(jax.value_and_grad(loss))(params))
