@@ -440,11 +440,10 @@ TASK_OBJECTIVES = {"listops": "mlm", "text": "mlm", "retrieval": "mlm", "image":
                    "pathfinder": "mlm", "pathx": "causal"}
 
 
-# Two stages compile twice: the heavy tasks' runs take minutes on 2 cores, so `make test`
-# runs ListOps, Image and Pathfinder (tokens, pixels; both objectives) and `make test-slow`
-# the byte tasks and Path-X too (the pipeline tests cover retrieval's pairs).
+# Two stages compile twice: `make test` runs ListOps (tokens) and Image (pixels, causal),
+# `make test-slow` every task (the pipeline tests cover retrieval's pairs).
 @pytest.mark.parametrize("task", [
-    pytest.param(task, marks=[pytest.mark.slow] if task in test_tasks.HEAVY_TASKS else [])
+    pytest.param(task, marks=[] if task in ("listops", "image") else [pytest.mark.slow])
     for task in sorted(TASK_OBJECTIVES)])
 def test_pretrain_then_fine_tune_every_task(tmp_path, task):
   objective = TASK_OBJECTIVES[task]

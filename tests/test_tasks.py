@@ -26,13 +26,11 @@ TASKS = {
 BYTE_TASK_LENGTH = 48
 
 
-# The heaviest tasks' compiles take 30-80 s a variant on 2 cores: `make test` runs them with
-# the Longformer mechanisms (local, longformer), `make test-slow` with full and dilated too,
-# which the other tasks and tests/attention cover in `make test`.
-HEAVY_TASKS = ("pathx", "retrieval", "text")
+# Each case compiles a model: `make test` runs every task with Longformer attention (global
+# tokens, the most wiring) and ListOps with every variant; `make test-slow` every pair.
 CASES = [pytest.param(task, variant,
-                      marks=[pytest.mark.slow] if task in HEAVY_TASKS and
-                      variant in ("full", "dilated") else [])
+                      marks=[] if variant == "longformer" or task == "listops"
+                      else [pytest.mark.slow])
          for task in sorted(TASKS) for variant in VARIANTS]
 
 

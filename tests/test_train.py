@@ -164,7 +164,8 @@ def _frozen_run(tmp_path, num_train_steps, damaged="every file"):
                            *(f"--config.{key}={value}" for key, value in fields.items()))
 
 
-@pytest.mark.parametrize("damaged", ["every file", "array data"])
+@pytest.mark.parametrize("damaged", [
+    "every file", pytest.param("array data", marks=pytest.mark.slow)])
 def test_damaged_best_checkpoint_falls_back_to_the_training_checkpoint_of_its_step(
     tmp_path, damaged):
   results, args = _frozen_run(tmp_path, num_train_steps=2, damaged=damaged)  # 1 and 2 kept

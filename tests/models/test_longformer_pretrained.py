@@ -224,6 +224,7 @@ def test_published_base_config():
   assert config.windows == (256,) * 12
 
 
+@pytest.mark.slow  # remat's equality; the plain gradients: test_gradients_are_finite
 def test_remat_gives_the_same_outputs_and_gradients_with_dropout(tmp_path, hf):
   """Recomputed layers draw the same dropout masks: the same values and gradients."""
   folder = _copy_checkpoint(tmp_path, edit_config=lambda c: c.update(
