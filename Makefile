@@ -37,10 +37,10 @@ run: $(STAMP)
 
 # The test suite without the tests marked `slow` (under 15 minutes on 2 CPU cores).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist worksteal tests
+	$(PY) -m pytest -q -n 2 tests
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist worksteal -m slow tests
+	$(PY) -m pytest -q -n 2 -m slow tests
 
 # Attention forward + backward against length on this machine (docs/benchmarks.md).
 bench: $(STAMP)

@@ -160,6 +160,7 @@ def test_pixels_pathfinder_layout_learns_the_neighbour_rule(tmp_path):
   _check_learns(config, tmp_path)
 
 
+@pytest.mark.slow  # a trained char-LM: tests/test_lm_commands.py
 def test_characters_lm_learns_the_copy_rule(tmp_path):
   """Segments `xyxyxy...` of random pairs over 8 letters: a character is the one two
   positions back, except where a segment starts; the unigram entropy is 3 bits."""

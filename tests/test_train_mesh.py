@@ -51,6 +51,8 @@ def train_on_meshes(tmp_path, config):
   return curves
 
 
+# The split in a compiled step: test_the_train_step_moves_halos_and_global_slots_not_the_sequence.
+@pytest.mark.slow
 def test_listops_longformer_gives_the_same_losses_with_the_sequence_split(tmp_path):
   # Batches of 32 to 128 tokens, window 8 and the global CLS token: split in 4, the windows
   # of 32-token batches reach over whole shards.

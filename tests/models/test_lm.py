@@ -40,8 +40,8 @@ def _options(model: CausalLM) -> list[dict]:
     dict(windows=(2, 5), layer_dilation=(1, 2), dilated_heads=1),
     dict(windows=(3, 2), layer_dilation=(3, 2), dilated_heads=2),
     dict(windows=(4, 4), layer_dilation=(4, 1), dilated_heads=1, window_scale=2),
-    dict(num_layers=12, num_heads=8, windows=_PAPER_WINDOWS, layer_dilation=_PAPER_DILATION,
-         dilated_heads=2),
+    pytest.param(dict(num_layers=12, num_heads=8, windows=_PAPER_WINDOWS,
+                      layer_dilation=_PAPER_DILATION, dilated_heads=2), marks=pytest.mark.slow),
 ], ids=["window1", "dilated_one_head", "dilated_all_heads", "scaled", "paper_schedule"])
 def test_loss_at_t_has_zero_gradient_from_inputs_after_t(model):
   config = _config(**model)
