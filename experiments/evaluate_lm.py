@@ -63,6 +63,7 @@ def main(argv):
   del argv
   import ml_collections  # pylint: disable=g-import-not-at-top
   from lra import data as lra_data  # pylint: disable=g-import-not-at-top
+  from lra.data import charlm  # pylint: disable=g-import-not-at-top
   from lra import generation  # pylint: disable=g-import-not-at-top
   from lra import runs  # pylint: disable=g-import-not-at-top
   cli.log_to_run(_WORKDIR.value, "evaluate_lm.log")
@@ -75,9 +76,7 @@ def main(argv):
   if _STEP.value is not None:
     evaluation.scored_length = _STEP.value
   tokens = lra_data.load(run.config).splits[_SPLIT.value]["tokens"]
-  if evaluation.max_chars:
-    tokens = tokens[:evaluation.max_chars]
-  tokens = np.asarray(tokens, np.int32)
+  tokens = np.asarray(charlm.scored_text(tokens, evaluation), np.int32)
   batch_size = _BATCH.value or run.config.eval_batch_size
   measure = {
       "streaming": lambda text: generation.streaming_bits(

@@ -151,13 +151,17 @@ def eval_windows(num_tokens: int, length: int, step: int,
   return np.array(starts), weights
 
 
+def scored_text(tokens: np.ndarray, evaluation) -> np.ndarray:
+  """The characters of a split that `evaluation` scores: its first `max_chars` (0: all)."""
+  return tokens[:evaluation.max_chars or None]
+
+
 def eval_batches(tokens: np.ndarray, evaluation, *, batch_size: int,
                  shard: input_pipeline.Shard = input_pipeline.WHOLE
                  ) -> Iterator[dict[str, np.ndarray]]:
   """Scored windows over (the first `evaluation.max_chars` characters of) a split
   (`shard`'s rows of each batch)."""
-  if evaluation.max_chars:
-    tokens = tokens[:evaluation.max_chars]
+  tokens = scored_text(tokens, evaluation)
   starts, weights = eval_windows(len(tokens), evaluation.length, evaluation.step,
                                  evaluation.scored_length)
   length = weights.shape[1]
@@ -242,7 +246,7 @@ def pipelines(config, data: TaskData, shard=input_pipeline.WHOLE) -> lra_data.Pi
       raise errors.ConfigError(
           "evaluation.protocol=streaming runs in one process: train on several with "
           "protocol=strided, then score the run with python -m experiments.evaluate_lm")
-    texts = {split: data.splits[split]["tokens"][:evaluation.max_chars or None]
+    texts = {split: scored_text(data.splits[split]["tokens"], evaluation)
              for split in ("val", "test")}
   return lra_data.Pipelines(
       train=train_iterator(data.splits["train"]["tokens"], config.phases, seed=config.seed,
